@@ -121,8 +121,10 @@ class Segment:
     @property
     def seg_len(self) -> int:
         """SEG.LEN: payload octets plus one for SYN and one for FIN (RFC 9293 §3.4)."""
-        return len(self.payload) + (1 if self.flags & Flags.SYN else 0) + (
-            1 if self.flags & Flags.FIN else 0
+        return (
+            len(self.payload)
+            + (1 if self.flags & Flags.SYN else 0)
+            + (1 if self.flags & Flags.FIN else 0)
         )
 
     @property

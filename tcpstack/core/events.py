@@ -1,0 +1,72 @@
+"""What a connection reports to its owner. Each event states one fact, in the past tense."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tcpstack.core.state import State
+
+
+class Event:
+    """Base class of everything TcpConnection.next_event() returns."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged(Event):
+    """The connection moved from one RFC 9293 state to another."""
+
+    old: State
+    new: State
+    cause: str
+    """What caused it: a segment in packetdrill form, a timer name or an API call."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEstablished(Event):
+    """The three-way handshake completed: the connection is ESTABLISHED."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived(Event):
+    """New in-order bytes are readable with TcpConnection.receive()."""
+
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class EofReceived(Event):
+    """The peer's FIN arrived in order: after the buffered bytes, reads return EOF."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataAcknowledged(Event):
+    """The peer acknowledged bytes: send-buffer space was freed."""
+
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRefused(Event):
+    """An acceptable RST answered our SYN (RFC 9293 §3.10.7.3); the connection is CLOSED."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionReset(Event):
+    """An acceptable RST arrived in a synchronized state; the connection is CLOSED."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTimedOut(Event):
+    """Retransmissions were exhausted (RFC 9293 §3.8.3, R2); the connection is CLOSED."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed(Event):
+    """The connection reached CLOSED by the normal close sequence or by TIME-WAIT expiry."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnedToListen(Event):
+    """A passive half-open connection was reset and went back to LISTEN (RFC 9293 §3.10.7.4)."""
