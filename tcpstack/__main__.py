@@ -1,0 +1,5 @@
+import sys
+
+from tcpstack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,87 @@
+"""`python -m tcpstack` / `tcpstack`: the demo and the lab verbs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tcpstack import lab as lab_module
+
+
+def _add_link_choice(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--veth", dest="kind", action="store_const", const="veth", help="veth pair (default)"
+    )
+    group.add_argument("--tap", dest="kind", action="store_const", const="tap", help="TAP device")
+    parser.set_defaults(kind="veth")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tcpstack",
+        description="A userspace TCP endpoint that talks to the real Linux kernel (run as root).",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (-vv: every state change)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="build a lab, talk TCP to the kernel, print the ladder")
+    _add_link_choice(demo)
+    demo.add_argument("--passive", action="store_true", help="the kernel is the client; we listen")
+    demo.add_argument(
+        "--msl",
+        type=float,
+        default=1.0,
+        help="segment lifetime in seconds; TIME-WAIT is 2*MSL (default 1, so the demo ends)",
+    )
+
+    lab = sub.add_parser("lab", help="create or remove a lab network")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True)
+    up = lab_sub.add_parser("up", help="create a lab that stays up until `lab down`")
+    _add_link_choice(up)
+    down = lab_sub.add_parser(
+        "down", help="remove a lab made by `lab up` (default: all whose creator is gone)"
+    )
+    down.add_argument("name", nargs="?", help="the lab's name, e.g. tcps-1a2b3c")
+    lab_sub.add_parser("list", help="list labs made by `lab up`")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=level, format="%(relativeCreated)9.3f %(name)s %(message)s")
+    if args.command == "demo":
+        from tcpstack import demo
+
+        result = demo.run(kind=args.kind, passive=args.passive, msl=args.msl)
+        print("PASS" if result.ok else "FAIL")
+        return 0 if result.ok else 1
+    if args.command == "lab":
+        if args.lab_command == "up":
+            created = lab_module.main_up(args.kind, persist=True)
+            for line in created.describe():
+                print(line)
+            return 0
+        if args.lab_command == "down":
+            try:
+                removed = lab_module.main_down(args.name)
+            except LookupError as exc:
+                print(f"tcpstack: {exc}", file=sys.stderr)
+                return 1
+            for name in removed:
+                print(f"removed {name}")
+            if not removed:
+                print("nothing to remove")
+            return 0
+        for rec in lab_module.list_recorded():
+            print(f"{rec['name']}  {rec['kind']}  namespaces {' '.join(rec['namespaces'])}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

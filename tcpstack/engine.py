@@ -1,0 +1,605 @@
+"""The engine: one I/O thread that owns the link and drives every connection's core.
+
+It reads frames in batches, answers ARP and ICMP echo, demultiplexes TCP by 4-tuple
+in one dict lookup, feeds the core, sends what the core returns and runs timers from
+absolute deadlines (a heap; the thread sleeps in select() until the earliest one, so
+an idle stack uses no CPU).
+
+All mutable state, the cores included, is guarded by one lock. Application threads
+take it for a call into a core and pump the result themselves (no hand-off to the
+I/O thread, so a send costs no thread switch); they wait on Conditions built on the
+same lock, which the engine notifies after each input that touched the connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import ipaddress
+import itertools
+import logging
+import os
+import random
+import select
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from tcpstack import wire
+from tcpstack.arp import ArpCache
+from tcpstack.config import TcpConfig
+from tcpstack.core import seq
+from tcpstack.core.connection import TcpConnection, reset_for_unknown
+from tcpstack.core.events import (
+    ConnectionClosed,
+    ConnectionEstablished,
+    ConnectionRefused,
+    ConnectionReset,
+    ConnectionTimedOut,
+    ReturnedToListen,
+    StateChanged,
+)
+from tcpstack.core.segment import Segment
+from tcpstack.core.state import State
+from tcpstack.isn import IsnFunction, Rfc6528Isn
+from tcpstack.link import Link
+
+log = logging.getLogger("tcpstack.engine")
+
+# Linux's ip_local_port_range.
+EPHEMERAL_PORTS = range(32768, 61000)
+# Frames handled per wake-up before timers and waiters get their turn.
+BATCH_FRAMES = 256
+# Bound on half-open connections per listener (Linux tcp_max_syn_backlog is
+# larger; SYN cookies come with the hardening work).
+MAX_HALF_OPEN = 256
+
+FlowKey = tuple[str, int, int]
+"""(remote IP, remote port, local port): our own IP is the same for every flow."""
+
+
+class EngineFailed(OSError):
+    """The I/O thread stopped on an error; every call on the stack raises this."""
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRecord:
+    """One segment seen or sent by the endpoint, for observers (ladders, logs)."""
+
+    time: float
+    direction: str  # "in" or "out"
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    segment: Segment
+    state: State  # our state after processing ("in") or when sending ("out")
+    iss: int
+    irs: int
+
+
+Observer = Callable[[TraceRecord], None]
+
+
+@dataclass(eq=False)
+class Flow:
+    """The engine's record of one connection."""
+
+    conn: TcpConnection
+    remote_ip: str
+    cond: threading.Condition
+    listener: Listener | None = None
+    error: OSError | None = None
+    deadline: float | None = None
+
+    @property
+    def key(self) -> FlowKey:
+        return (self.remote_ip, self.conn.remote_port, self.conn.local_port)
+
+
+@dataclass(eq=False)
+class Listener:
+    """A passive open on one local port, with its bounded queues."""
+
+    port: int
+    backlog: int
+    cond: threading.Condition
+    half_open: set[Flow] = field(default_factory=set)
+    accept_queue: deque[Flow] = field(default_factory=deque)
+    closed: bool = False
+
+
+class Engine:
+    def __init__(
+        self,
+        link: Link,
+        *,
+        address: str,
+        mac: bytes,
+        config: TcpConfig,
+        isn: IsnFunction | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        iface = ipaddress.IPv4Interface(address)
+        self.ip = str(iface.ip)
+        self.network = iface.network
+        self.mac = mac
+        self.link = link
+        self.config = config
+        self.clock = clock
+        self.isn: IsnFunction = isn or Rfc6528Isn()
+        self.lock = threading.Lock()
+        self.stats: Counter[str] = Counter()
+        self.flows: dict[FlowKey, Flow] = {}
+        self.listeners: dict[int, Listener] = {}
+        self.bound_ports: set[int] = set()
+        self.arp: ArpCache[tuple[bytes, TraceRecord | None]] = ArpCache()
+        self.observers: list[Observer] = []
+        self.failure: BaseException | None = None
+        self._ip_id = itertools.count(random.randrange(0x10000))
+        self._timers: list[tuple[float, int, Flow]] = []
+        self._timer_seq = itertools.count()
+        self._sleep_until: float | None = None
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="tcpstack-engine", daemon=True)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Reset live connections, stop the thread and close the link. Idempotent."""
+        with self.lock:
+            if self._stopping:
+                return
+            self._stopping = True
+            if self.failure is None:
+                now = self.clock()
+                for flow in list(self.flows.values()):
+                    if flow.conn.state not in (State.TIME_WAIT, State.CLOSED):
+                        flow.conn.abort(now)
+                        self.pump(flow, now)
+        self._wake()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5.0)
+        with self.lock:
+            self._fail_all(EngineFailed(errno.ESHUTDOWN, "stack closed"))
+        self.link.close()
+        os.close(self._wake_fd)
+
+    def check(self) -> None:
+        """Raise if the engine can no longer serve calls. Called with the lock held."""
+        if self.failure is not None:
+            raise EngineFailed(errno.EIO, f"tcpstack engine failed: {self.failure!r}")
+        if self._stopping:
+            raise EngineFailed(errno.ESHUTDOWN, "stack closed")
+
+    def _wake(self) -> None:
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass
+
+    # --------------------------------------------------------------- I/O thread
+
+    def _run(self) -> None:
+        link_fd = self.link.fileno()
+        try:
+            while not self._stopping:
+                with self.lock:
+                    deadline = self._next_deadline()
+                    self._sleep_until = deadline
+                timeout = None if deadline is None else max(deadline - self.clock(), 0.0)
+                readable, _, _ = select.select([link_fd, self._wake_fd], [], [], timeout)
+                with self.lock:
+                    self._sleep_until = None
+                    if self._wake_fd in readable:
+                        try:
+                            os.eventfd_read(self._wake_fd)
+                        except BlockingIOError:
+                            pass
+                    if link_fd in readable:
+                        self._receive_frames()
+                    self._run_timers(self.clock())
+        except BaseException as exc:  # noqa: BLE001 - surfaced to every caller below
+            if not self._stopping:
+                log.exception("engine thread failed")
+                with self.lock:
+                    self.failure = exc
+                    self._fail_all(EngineFailed(errno.EIO, f"tcpstack engine failed: {exc!r}"))
+
+    def _fail_all(self, error: OSError) -> None:
+        for flow in self.flows.values():
+            flow.error = flow.error or error
+            flow.cond.notify_all()
+        for listener in self.listeners.values():
+            listener.cond.notify_all()
+
+    def _receive_frames(self) -> None:
+        for _ in range(BATCH_FRAMES // 64):
+            frames = self.link.recv_batch(64)
+            if not frames:
+                return
+            now = self.clock()
+            for frame, trusted in frames:
+                self.stats["frames_in"] += 1
+                self._on_frame(frame, trusted, now)
+            if len(frames) < 64:
+                return
+
+    def _on_frame(self, frame: bytes, trusted: bool, now: float) -> None:
+        try:
+            packet = wire.decode_frame(frame, checksum_trusted=trusted)
+        except wire.DecodeError as exc:
+            self.stats[f"drop_{exc.reason}"] += 1
+            return
+        if packet.dst_mac != self.mac and packet.dst_mac != wire.BROADCAST_MAC:
+            self.stats["drop_not_our_mac"] += 1
+            return
+        if isinstance(packet, wire.TcpPacket):
+            if packet.dst_ip != self.ip:
+                self.stats["drop_not_our_ip"] += 1
+                return
+            self._on_tcp(packet, now)
+        elif isinstance(packet, wire.ArpPacket):
+            self._on_arp(packet, now)
+        else:
+            self._on_icmp(packet, now)
+
+    # --------------------------------------------------------------- ARP, ICMP
+
+    def _on_arp(self, arp: wire.ArpPacket, now: float) -> None:
+        self.stats["arp_in"] += 1
+        # RFC 826 merge: refresh a sender we already know; learn it if it asks us.
+        if arp.target_ip == self.ip or self.arp.knows(arp.sender_ip):
+            if arp.sender_ip != "0.0.0.0" and ipaddress.IPv4Address(arp.sender_ip) in self.network:
+                for frame, record in self.arp.learn(arp.sender_ip, arp.sender_mac, now):
+                    self._transmit(arp.sender_mac + frame[6:])
+                    if record is not None:
+                        self._notify(replace(record, time=now))
+        if arp.op == 1 and arp.target_ip == self.ip:
+            reply = wire.encode_arp(
+                self.mac, arp.sender_mac, 2, self.mac, self.ip, arp.sender_mac, arp.sender_ip
+            )
+            self._transmit(reply)
+            self.stats["arp_replies"] += 1
+
+    def _on_icmp(self, icmp: wire.IcmpEcho, now: float) -> None:
+        if icmp.dst_ip != self.ip:
+            self.stats["drop_not_our_ip"] += 1
+            return
+        if icmp.type != 8:
+            self.stats["icmp_ignored"] += 1
+            return
+        reply = wire.encode_icmp_echo(
+            self.mac,
+            icmp.src_mac,
+            self.ip,
+            icmp.src_ip,
+            type=0,
+            ident=icmp.ident,
+            sequence=icmp.sequence,
+            payload=icmp.payload,
+            ip_id=next(self._ip_id) & 0xFFFF,
+        )
+        self._transmit(reply)
+        self.stats["icmp_echo_replies"] += 1
+
+    def _send_ip(
+        self,
+        remote_ip: str,
+        build: Callable[[bytes], bytes],
+        now: float,
+        record: TraceRecord | None = None,
+    ) -> None:
+        mac = self.arp.lookup(remote_ip, now)
+        if mac is not None:
+            self._transmit(build(mac))
+            if record is not None:
+                self._notify(record)
+            return
+        # Unresolved: build with a placeholder destination, patched on resolution;
+        # observers hear of the segment when it really leaves.
+        frame = build(b"\0" * 6)
+        if self.arp.enqueue(remote_ip, (frame, record), now):
+            self._arp_request(remote_ip)
+
+    def _arp_request(self, ip: str) -> None:
+        self.stats["arp_requests"] += 1
+        self._transmit(
+            wire.encode_arp(self.mac, wire.BROADCAST_MAC, 1, self.mac, self.ip, b"\0" * 6, ip)
+        )
+
+    def _transmit(self, frame: bytes) -> None:
+        try:
+            self.link.send(frame)
+        except (BlockingIOError, InterruptedError):
+            # The link's queue is full: a lost frame, which TCP recovers.
+            self.stats["drop_tx_queue_full"] += 1
+            return
+        except OSError as exc:
+            if exc.errno in (errno.ENOBUFS, errno.EAGAIN):
+                self.stats["drop_tx_queue_full"] += 1
+                return
+            raise
+        self.stats["frames_out"] += 1
+
+    # ----------------------------------------------------------------- TCP input
+
+    def _on_tcp(self, packet: wire.TcpPacket, now: float) -> None:
+        seg = packet.segment
+        self.stats["tcp_in"] += 1
+        key = (packet.src_ip, seg.src_port, seg.dst_port)
+        flow = self.flows.get(key)
+        if flow is not None and flow.conn.state is State.TIME_WAIT and self._reopens(flow, seg):
+            # RFC 9293 §3.6.1 (MAY-2): a new SYN with a higher sequence number may
+            # reopen a 4-tuple in TIME-WAIT; Linux accepts it, so we do too.
+            self.stats["time_wait_reopened"] += 1
+            self._forget(flow)
+            flow = None
+        if flow is None:
+            listener = self.listeners.get(seg.dst_port)
+            if listener is None or listener.closed:
+                self._reset_unknown(packet, seg, now)
+                return
+            flow = self._listener_input(listener, packet, now)
+            if flow is None:
+                return
+        else:
+            try:
+                flow.conn.handle_segment(seg, now)
+            except Exception:  # a bug in one core must not take the others down
+                log.exception("core failed on %s", seg)
+                self.stats["internal_errors"] += 1
+                flow.conn.abort(now)
+            self._observe("in", flow, seg, now)
+        self.pump(flow, now)
+
+    def _reopens(self, flow: Flow, seg: Segment) -> bool:
+        return (
+            seg.syn
+            and not seg.has_ack
+            and not seg.rst
+            and seq.gt(seg.seq, flow.conn.rcv_nxt)
+            and seg.dst_port in self.listeners
+        )
+
+    def _reset_unknown(self, packet: wire.TcpPacket, seg: Segment, now: float) -> None:
+        self.stats["tcp_no_connection"] += 1
+        reply = reset_for_unknown(seg)
+        if reply is None:
+            return
+        self.stats["resets_sent"] += 1
+        record = None
+        if self.observers:
+            record = TraceRecord(
+                now,
+                "out",
+                (self.ip, reply.src_port),
+                (packet.src_ip, reply.dst_port),
+                reply,
+                State.CLOSED,
+                0,
+                0,
+            )
+        self._send_segment(packet.src_ip, reply, now, record)
+
+    def _listener_input(
+        self, listener: Listener, packet: wire.TcpPacket, now: float
+    ) -> Flow | None:
+        seg = packet.segment
+        if seg.syn and not seg.has_ack and not seg.rst:
+            if len(listener.accept_queue) >= listener.backlog:
+                # Linux drops SYNs while the accept queue is full; the client retries.
+                self.stats["drop_listen_overflow"] += 1
+                return None
+            if len(listener.half_open) >= MAX_HALF_OPEN:
+                self.stats["drop_syn_queue_full"] += 1
+                return None
+        iss = self.isn(self.ip, seg.dst_port, packet.src_ip, seg.src_port)
+        conn = TcpConnection(
+            self.config, seg.dst_port, 0, iss=iss, name=f"{packet.src_ip}:{seg.src_port}"
+        )
+        conn.open_passive()
+        flow = Flow(conn, packet.src_ip, threading.Condition(self.lock), listener=listener)
+        conn.handle_segment(seg, now)
+        if conn.state is State.SYN_RECEIVED:
+            listener.half_open.add(flow)
+            self.flows[flow.key] = flow
+            self._observe("in", flow, seg, now)
+            return flow
+        # Not a SYN: LISTEN answered (RST for an ACK) or dropped it; nothing to keep.
+        self._observe("in", flow, seg, now)
+        for reply in conn.segments_to_send(now):
+            self._send_segment(packet.src_ip, reply, now, self._record("out", flow, reply, now))
+        return None
+
+    # ---------------------------------------------------------------- pumping
+
+    def pump(self, flow: Flow, now: float) -> None:
+        """Send what the core has, deliver its events, re-arm its timer (aioquic transmit())."""
+        conn = flow.conn
+        segments = conn.segments_to_send(now)
+        if segments:
+            for s in segments:
+                self._send_segment(flow.remote_ip, s, now, self._record("out", flow, s, now))
+        while (event := conn.next_event()) is not None:
+            self._on_event(flow, event)
+        deadline = conn.get_timer()
+        if deadline != flow.deadline:
+            flow.deadline = deadline
+            if deadline is not None:
+                heapq.heappush(self._timers, (deadline, next(self._timer_seq), flow))
+                if threading.current_thread() is not self._thread and (
+                    self._sleep_until is None or deadline < self._sleep_until
+                ):
+                    self._wake()
+        if conn.state is State.CLOSED or conn.state is State.LISTEN:
+            self._forget(flow)
+        flow.cond.notify_all()
+
+    def _on_event(self, flow: Flow, event: object) -> None:
+        match event:
+            case StateChanged():
+                pass
+            case ConnectionEstablished():
+                listener = flow.listener
+                if listener is not None and flow in listener.half_open:
+                    listener.half_open.discard(flow)
+                    listener.accept_queue.append(flow)
+                    listener.cond.notify_all()
+            case ConnectionRefused():
+                flow.error = flow.error or ConnectionRefusedError(
+                    errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED)
+                )
+            case ConnectionReset():
+                flow.error = flow.error or ConnectionResetError(
+                    errno.ECONNRESET, os.strerror(errno.ECONNRESET)
+                )
+                self.stats["connections_reset"] += 1
+            case ConnectionTimedOut():
+                flow.error = flow.error or TimeoutError(
+                    errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)
+                )
+                self.stats["connections_timed_out"] += 1
+            case ReturnedToListen():
+                self.stats["half_open_reset"] += 1
+            case ConnectionClosed():
+                pass
+
+    def _forget(self, flow: Flow) -> None:
+        if self.flows.get(flow.key) is flow:
+            del self.flows[flow.key]
+        flow.deadline = None
+        listener = flow.listener
+        if listener is not None:
+            listener.half_open.discard(flow)
+
+    def _send_segment(
+        self, remote_ip: str, segment: Segment, now: float, record: TraceRecord | None
+    ) -> None:
+        self.stats["tcp_out"] += 1
+        ip_id = next(self._ip_id) & 0xFFFF
+
+        def build(dst_mac: bytes) -> bytes:
+            return wire.encode_tcp(self.mac, dst_mac, self.ip, remote_ip, segment, ip_id=ip_id)
+
+        self._send_ip(remote_ip, build, now, record)
+
+    def _observe(self, direction: str, flow: Flow, seg: Segment, now: float) -> None:
+        record = self._record(direction, flow, seg, now)
+        if record is not None:
+            self._notify(record)
+
+    def _notify(self, record: TraceRecord) -> None:
+        for observer in self.observers:
+            observer(record)
+
+    def _record(self, direction: str, flow: Flow, seg: Segment, now: float) -> TraceRecord | None:
+        """A trace record, or None (and no cost) when nobody observes."""
+        if not self.observers:
+            return None
+        conn = flow.conn
+        return TraceRecord(
+            now,
+            direction,
+            (self.ip, conn.local_port),
+            (flow.remote_ip, seg.src_port if direction == "in" else seg.dst_port),
+            seg,
+            conn.state,
+            conn.iss,
+            conn.irs,
+        )
+
+    # ----------------------------------------------------------------- timers
+
+    def _next_deadline(self) -> float | None:
+        timers = self._timers
+        while timers:
+            deadline, _, flow = timers[0]
+            if flow.deadline == deadline and self.flows.get(flow.key) is flow:
+                break
+            heapq.heappop(timers)  # stale entry: the flow re-armed or went away
+        first = timers[0][0] if timers else None
+        arp = self.arp.next_deadline()
+        if arp is not None and (first is None or arp < first):
+            return arp
+        return first
+
+    def _run_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            deadline, _, flow = heapq.heappop(timers)
+            if flow.deadline != deadline or self.flows.get(flow.key) is not flow:
+                continue
+            flow.deadline = None
+            flow.conn.handle_timer(now)
+            self.pump(flow, now)
+        for ip in self.arp.due_requests(now):
+            self._arp_request(ip)
+
+    # ------------------------------------------------------- facade operations
+
+    def new_flow(self, remote_ip: str, remote_port: int, local_port: int) -> Flow:
+        """Create and register an active-open connection (the caller opens it)."""
+        if ipaddress.IPv4Address(remote_ip) not in self.network:
+            raise OSError(errno.ENETUNREACH, f"{remote_ip} is not on {self.network}")
+        iss = self.isn(self.ip, local_port, remote_ip, remote_port)
+        conn = TcpConnection(
+            self.config, local_port, remote_port, iss=iss, name=f"{remote_ip}:{remote_port}"
+        )
+        flow = Flow(conn, remote_ip, threading.Condition(self.lock))
+        if flow.key in self.flows:
+            raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+        self.flows[flow.key] = flow
+        return flow
+
+    def ephemeral_port(self, remote_ip: str, remote_port: int) -> int:
+        """A random free local port (RFC 6056 algorithm 1, Linux's range)."""
+        start = random.randrange(len(EPHEMERAL_PORTS))
+        for i in range(len(EPHEMERAL_PORTS)):
+            port = EPHEMERAL_PORTS[(start + i) % len(EPHEMERAL_PORTS)]
+            if port in self.bound_ports or port in self.listeners:
+                continue
+            if (remote_ip, remote_port, port) in self.flows:
+                continue
+            return port
+        raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
+
+    def add_listener(self, port: int, backlog: int) -> Listener:
+        listener = Listener(port, max(backlog, 1), threading.Condition(self.lock))
+        self.listeners[port] = listener
+        return listener
+
+    def close_listener(self, listener: Listener, now: float) -> None:
+        """Stop listening; connections nobody accepted are reset (Linux does the same)."""
+        listener.closed = True
+        if self.listeners.get(listener.port) is listener:
+            del self.listeners[listener.port]
+        for flow in list(listener.half_open) + list(listener.accept_queue):
+            flow.conn.abort(now)
+            self.pump(flow, now)
+        listener.half_open.clear()
+        listener.accept_queue.clear()
+        listener.cond.notify_all()
+
+    def connection_table(self) -> list[tuple[tuple[str, int], tuple[str, int], State]]:
+        rows: list[tuple[tuple[str, int], tuple[str, int], State]] = [
+            ((self.ip, port), ("0.0.0.0", 0), State.LISTEN) for port in sorted(self.listeners)
+        ]
+        for flow in self.flows.values():
+            rows.append(
+                (
+                    (self.ip, flow.conn.local_port),
+                    (flow.remote_ip, flow.conn.remote_port),
+                    flow.conn.state,
+                )
+            )
+        return rows
+
+
+def with_link_mss(config: TcpConfig, mtu: int) -> TcpConfig:
+    """Our announced MSS follows the link MTU (RFC 9293 §3.7.1: MTU minus 40)."""
+    return replace(config, mss=min(config.mss, mtu - 40))

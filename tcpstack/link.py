@@ -1,0 +1,301 @@
+"""Raw Ethernet links under the userspace endpoint: AF_PACKET, TAP, and in-memory.
+
+A link moves whole Ethernet frames and nothing else; it never parses them. Reads are
+non-blocking batches (wait on `fileno()` with select/poll first); `send` raises OSError
+on any failure, including BlockingIOError when the kernel's queue is full, which the
+caller may treat as a lost frame.
+
+checksum_trusted is True when the kernel vouches for a frame's L4 checksum: either it
+verified it (TP_STATUS_CSUM_VALID) or the frame comes from a local sender with checksum
+offload and the field holds only the pseudo-header sum (TP_STATUS_CSUMNOTREADY), so
+verifying it would wrongly fail. On veth such frames are also GSO super-frames of up
+to 64 KiB, far above the MTU. A TAP hands over finished frames no larger than the MTU.
+
+PacketLink is built on a plain AF_PACKET socket rather than scapy's L2Socket: it must be
+created inside a lab namespace (scapy resolves interface names against the root
+namespace's cache) and it needs each frame's PACKET_AUXDATA status and packet type,
+which scapy's receive path drops. Scapy stays the tool for building and parsing frames.
+
+Limits: no VLAN handling (a tag the kernel stripped into auxdata is not restored), no
+IFF_VNET_HDR on TAP, Linux only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import struct
+from typing import Protocol
+
+from pyroute2 import IPRoute
+
+from tcpstack import netns as _netns
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_AUXDATA = 8
+PACKET_OUTGOING = 4
+TP_STATUS_CSUMNOTREADY = 0x08
+TP_STATUS_CSUM_VALID = 0x80
+_AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
+_PACKET_MREQ = struct.Struct("=iHH8s")  # struct packet_mreq
+
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+SIOCGIFMTU = 0x8921
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_TUN_EXCL = 0x8000
+
+# veth passes GSO/GRO super-frames up to 64 KiB to packet sockets whatever the MTU.
+RECV_BUFFER = 256 * 1024
+SOCKET_BUFFER = 8 * 1024 * 1024
+
+
+class Link(Protocol):
+    name: str
+    mtu: int
+    kind: str  # "packet", "tap", or "memory" for MemoryLink
+
+    def fileno(self) -> int: ...
+
+    def recv_batch(self, max_frames: int = 64) -> list[tuple[bytes, bool]]:
+        """Frames available now, each with checksum_trusted; never blocks."""
+        ...
+
+    def send(self, frame: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _ifreq(name: str, tail: bytes = b"") -> bytes:
+    raw = name.encode()
+    if not raw or len(raw) > 15:
+        raise ValueError(f"invalid interface name: {name!r}")
+    return struct.pack("16s", raw) + tail.ljust(24, b"\0")
+
+
+def _interface_mtu(sock: socket.socket, name: str) -> int:
+    reply = fcntl.ioctl(sock.fileno(), SIOCGIFMTU, _ifreq(name))
+    return int(struct.unpack_from("i", reply, 16)[0])
+
+
+def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)  # ignores rmem_max; needs root
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+def detect_kind(interface: str, netns: str | None = None) -> str:
+    """ "tap" if INTERFACE is a TUN/TAP device, else "packet" (any Ethernet device)."""
+    with _netns.enter(netns) if netns else contextlib.nullcontext(), IPRoute() as ipr:
+        index = socket.if_nametoindex(interface)  # OSError if there is no such interface
+        (found,) = ipr.link("get", index=index)
+    return "tap" if found.get(("linkinfo", "kind")) == "tun" else "packet"
+
+
+class PacketLink:
+    """An AF_PACKET raw socket bound to one interface, promiscuous, with auxdata."""
+
+    kind = "packet"
+
+    def __init__(self, interface: str, netns: str | None = None) -> None:
+        self.name = interface
+        self.netns = netns
+        if netns is None:
+            self._sock = self._open(interface)
+        else:
+            with _netns.enter(netns):
+                self._sock = self._open(interface)
+        self.mtu = _interface_mtu(self._sock, interface)
+        self._buffer = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buffer)
+        self._ancsize = socket.CMSG_SPACE(_AUXDATA.size)
+        self.truncated = 0  # frames larger than the buffer, dropped; should stay 0
+
+    @staticmethod
+    def _open(interface: str) -> socket.socket:
+        index = socket.if_nametoindex(interface)
+        # Protocol 0 receives nothing until bind, so no other interface's frames
+        # slip in between socket() and bind().
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            mreq = _PACKET_MREQ.pack(index, PACKET_MR_PROMISC, 0, b"")
+            sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+            _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, SOCKET_BUFFER)
+            _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.bind((interface, ETH_P_ALL))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def recv_batch(self, max_frames: int = 64) -> list[tuple[bytes, bool]]:
+        frames: list[tuple[bytes, bool]] = []
+        while len(frames) < max_frames:
+            try:
+                size, ancdata, flags, address = self._sock.recvmsg_into(
+                    [self._buffer], self._ancsize
+                )
+            except BlockingIOError:
+                break
+            if address[2] == PACKET_OUTGOING:
+                continue  # our own transmission, looped back to every packet socket
+            if flags & socket.MSG_TRUNC:
+                self.truncated += 1
+                continue
+            trusted = False
+            for level, kind, data in ancdata:
+                if level == SOL_PACKET and kind == PACKET_AUXDATA:
+                    status = _AUXDATA.unpack_from(data)[0]
+                    trusted = bool(status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID))
+            frames.append((bytes(self._view[:size]), trusted))
+        return frames
+
+    def send(self, frame: bytes) -> None:
+        sent = self._sock.send(frame)
+        if sent != len(frame):
+            raise OSError(errno.EMSGSIZE, f"short send on {self.name}: {sent}/{len(frame)}")
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> PacketLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TapLink:
+    """A TAP device's /dev/net/tun descriptor: complete frames, no packet-info header.
+
+    create=False attaches to an existing TAP and fails if there is none; create=True
+    makes a new one that lives as long as this descriptor and brings it up."""
+
+    kind = "tap"
+
+    def __init__(self, name: str, netns: str | None = None, create: bool = False) -> None:
+        self.name = name
+        self.netns = netns
+        self._fd = -1
+        if netns is None:
+            self._open(create)
+        else:
+            # Both the TUNSETIFF lookup and the device creation happen in the namespace
+            # of the thread that opened /dev/net/tun.
+            with _netns.enter(netns):
+                self._open(create)
+
+    def _open(self, create: bool) -> None:
+        if not create:
+            socket.if_nametoindex(self.name)  # OSError if absent: TUNSETIFF would create it
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            flags = IFF_TAP | IFF_NO_PI | (IFF_TUN_EXCL if create else 0)
+            fcntl.ioctl(fd, TUNSETIFF, _ifreq(self.name, struct.pack("H", flags)))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ctl:
+                self.mtu = _interface_mtu(ctl, self.name)
+                if create:
+                    reply = fcntl.ioctl(ctl.fileno(), SIOCGIFFLAGS, _ifreq(self.name))
+                    current = struct.unpack_from("H", reply, 16)[0]
+                    up = struct.pack("H", current | IFF_UP)
+                    fcntl.ioctl(ctl.fileno(), SIOCSIFFLAGS, _ifreq(self.name, up))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        # A TAP read returns exactly one frame; room for the MTU plus headers is
+        # enough, the rest guards against an MTU raised after opening.
+        self._read_size = max(self.mtu + 64, 65536)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def recv_batch(self, max_frames: int = 64) -> list[tuple[bytes, bool]]:
+        frames: list[tuple[bytes, bool]] = []
+        while len(frames) < max_frames:
+            try:
+                frame = os.read(self._fd, self._read_size)
+            except BlockingIOError:
+                break
+            frames.append((frame, False))
+        return frames
+
+    def send(self, frame: bytes) -> None:
+        sent = os.write(self._fd, frame)
+        if sent != len(frame):
+            raise OSError(errno.EMSGSIZE, f"short write on {self.name}: {sent}/{len(frame)}")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> TapLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class MemoryLink:
+    """One end of an in-process link for tests: a SOCK_SEQPACKET socketpair, which keeps
+    frame boundaries and gives a real descriptor to select on."""
+
+    kind = "memory"
+
+    def __init__(self, sock: socket.socket, name: str, mtu: int) -> None:
+        self._sock = sock
+        self.name = name
+        self.mtu = mtu
+
+    @classmethod
+    def pair(cls, mtu: int = 1500) -> tuple[MemoryLink, MemoryLink]:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for sock in (a, b):
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        return cls(a, "mem-a", mtu), cls(b, "mem-b", mtu)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def recv_batch(self, max_frames: int = 64) -> list[tuple[bytes, bool]]:
+        frames: list[tuple[bytes, bool]] = []
+        while len(frames) < max_frames:
+            try:
+                frame = self._sock.recv(RECV_BUFFER)
+            except BlockingIOError:
+                break
+            if not frame:
+                break  # the other end is closed
+            frames.append((frame, False))
+        return frames
+
+    def send(self, frame: bytes) -> None:
+        self._sock.send(frame)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> MemoryLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,573 @@
+"""The facade: `Stack` and `Socket`, shaped like Python's `socket` module.
+
+Method names and meanings are a subset of `socket.socket`'s, and failures are the
+builtin exceptions socket users already catch: ConnectionRefusedError,
+ConnectionResetError, BrokenPipeError, TimeoutError, BlockingIOError, and OSError
+with errno EADDRINUSE, ENOTCONN, EISCONN, EINVAL or EBADF.
+
+Threads: each call takes the engine's lock for its own work and waits on a
+Condition the engine notifies. Two threads may use one socket (one sending while
+another receives is the usual case); two concurrent recv() calls are served in
+whatever order the lock grants, exactly as with a kernel socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import random
+import socket as _socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from tcpstack import wire
+from tcpstack.config import TcpConfig
+from tcpstack.core.state import State
+from tcpstack.engine import Engine, Flow, Listener, Observer, with_link_mss
+from tcpstack.isn import IsnFunction
+from tcpstack.link import Link, PacketLink, TapLink, detect_kind
+
+Address = tuple[str, int]
+
+# States in which the handshake is still under way.
+_OPENING = (State.SYN_SENT, State.SYN_RECEIVED)
+
+
+def _oserror(code: int, detail: str = "") -> OSError:
+    message = os.strerror(code) + (f": {detail}" if detail else "")
+    return OSError(code, message)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """One row of Stack.connections(), like a line of `ss -tan`."""
+
+    local: Address
+    remote: Address
+    state: State
+
+    def __str__(self) -> str:
+        return (
+            f"{self.state.name:<12} {self.local[0]}:{self.local[1]:<6} "
+            f"{self.remote[0]}:{self.remote[1]}"
+        )
+
+
+class Stack:
+    """A userspace TCP/IPv4 endpoint on one interface.
+
+    ``Stack(interface="veth-x", address="198.18.0.2/24")`` opens the interface with
+    AF_PACKET (a veth end or any Ethernet device) or /dev/net/tun (a TAP device),
+    chosen from the interface's type unless ``link`` says which. The endpoint owns
+    ``address`` and a MAC of its own (random and locally administered unless
+    ``mac`` is given); no kernel interface should own that address, or the kernel
+    would answer our segments with RSTs.
+
+    ``netns`` names the network namespace where the interface lives; the stack
+    opens it from there, and the rest of the program stays where it is.
+    """
+
+    def __init__(
+        self,
+        interface: str,
+        address: str,
+        *,
+        link: str = "auto",
+        netns: str | None = None,
+        mac: str | None = None,
+        config: TcpConfig | None = None,
+        isn: IsnFunction | None = None,
+        create_tap: bool = False,
+    ) -> None:
+        ipaddress.IPv4Interface(address)  # fail early on a bad address
+        kind = detect_kind(interface, netns) if link == "auto" else link
+        opened: Link
+        if kind == "tap":
+            opened = TapLink(interface, netns, create=create_tap)
+        elif kind == "packet":
+            opened = PacketLink(interface, netns)
+        else:
+            raise ValueError(f"link must be 'auto', 'packet' or 'tap', not {link!r}")
+        self.mac = wire.parse_mac(mac) if mac else _random_mac()
+        self.link_kind = kind
+        self.interface = interface
+        self._engine = Engine(
+            opened,
+            address=address,
+            mac=self.mac,
+            config=with_link_mss(config or TcpConfig(), opened.mtu),
+            isn=isn,
+        )
+        self._engine.start()
+
+    @property
+    def address(self) -> str:
+        return self._engine.ip
+
+    @property
+    def config(self) -> TcpConfig:
+        return self._engine.config
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Reset open connections and release the interface. Idempotent."""
+        self._engine.stop()
+
+    def socket(self) -> Socket:
+        """A new TCP socket on this stack (like socket.socket(AF_INET, SOCK_STREAM))."""
+        return Socket(self)
+
+    def connections(self) -> list[ConnectionInfo]:
+        """Every listener and connection with its state, like `ss -tan`."""
+        with self._engine.lock:
+            return [ConnectionInfo(*row) for row in self._engine.connection_table()]
+
+    def stats(self) -> dict[str, int]:
+        """Counters for the stack: frames, segments and drops by reason."""
+        with self._engine.lock:
+            return dict(self._engine.stats)
+
+    def add_observer(self, observer: Observer) -> None:
+        """Call observer(record) for every segment in and out; keep it quick."""
+        with self._engine.lock:
+            self._engine.observers.append(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        with self._engine.lock:
+            self._engine.observers.remove(observer)
+
+    def arp_table(self) -> dict[str, str]:
+        with self._engine.lock:
+            now = self._engine.clock()
+            return {ip: wire.mac_str(mac) for ip, mac in self._engine.arp.entries(now).items()}
+
+
+def _random_mac() -> bytes:
+    # Locally administered, unicast: 02:xx:xx:xx:xx:xx.
+    return bytes([0x02]) + random.randbytes(5)
+
+
+class Socket:
+    """A TCP socket of a Stack, with the methods and errors of socket.socket."""
+
+    def __init__(self, stack: Stack, *, _flow: Flow | None = None) -> None:
+        self._stack = stack
+        self._engine = stack._engine
+        self._timeout: float | None = _socket.getdefaulttimeout()
+        self._flow = _flow
+        self._listener: Listener | None = None
+        self._port: int | None = _flow.conn.local_port if _flow else None
+        self._owns_port = False
+        self._closed = False
+        self._shut_rd = False
+        self._error_reported = False
+
+    def __repr__(self) -> str:
+        return f"<tcpstack.Socket {self.state.name} local={self._local()} remote={self._remote()}>"
+
+    # ------------------------------------------------------------- properties
+
+    @property
+    def state(self) -> State:
+        """The connection's RFC 9293 state; it stays readable after close()."""
+        if self._listener is not None and not self._listener.closed:
+            return State.LISTEN
+        if self._flow is not None:
+            return self._flow.conn.state
+        return State.CLOSED
+
+    @property
+    def connection(self) -> Any:
+        """The core TcpConnection (read it for counters and sequence variables)."""
+        return self._flow.conn if self._flow else None
+
+    def _local(self) -> Address:
+        return (self._engine.ip if self._port else "0.0.0.0", self._port or 0)
+
+    def _remote(self) -> Address | None:
+        if self._flow is None:
+            return None
+        return (self._flow.remote_ip, self._flow.conn.remote_port)
+
+    def getsockname(self) -> Address:
+        self._check_open()
+        return self._local()
+
+    def getpeername(self) -> Address:
+        self._check_open()
+        remote = self._remote()
+        if remote is None or self.state is State.CLOSED and self._flow and self._flow.error:
+            raise _oserror(errno.ENOTCONN)
+        return remote
+
+    def settimeout(self, value: float | None) -> None:
+        if value is not None:
+            value = float(value)
+            if value < 0:
+                raise ValueError("Timeout value out of range")
+        self._timeout = value
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def setblocking(self, flag: bool) -> None:
+        self._timeout = None if flag else 0.0
+
+    def getblocking(self) -> bool:
+        return self._timeout != 0.0
+
+    def __enter__(self) -> Socket:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def wait_for_state(self, *states: State, timeout: float | None = None) -> State:
+        """Block until the connection is in one of `states`; return it.
+
+        For scripts that watch the protocol, e.g. wait_for_state(State.TIME_WAIT)
+        after close(). Works after close() too.
+
+        Raises:
+            TimeoutError: not reached within `timeout` seconds (None waits forever).
+        """
+        with self._engine.lock:
+            cond = self._flow.cond if self._flow else None
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self.state not in states:
+                self._engine.check()
+                if cond is None:
+                    raise _oserror(errno.ENOTCONN, f"no connection; state {self.state.name}")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(
+                        f"still {self.state.name}, not {'/'.join(s.name for s in states)}"
+                    )
+                cond.wait(remaining)
+            return self.state
+
+    # ---------------------------------------------------------------- helpers
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise _oserror(errno.EBADF)
+
+    def _wait(self, cond: Any, ready: Callable[[], bool], deadline: float | None) -> None:
+        """Wait, with the lock held, until ready() or the deadline (TimeoutError)."""
+        while not ready():
+            self._engine.check()
+            self._check_open()
+            if self._timeout == 0.0:
+                raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError("timed out")
+            cond.wait(remaining)
+
+    def _deadline(self) -> float | None:
+        return None if not self._timeout else time.monotonic() + self._timeout
+
+    def _raise_pending_error(self, flow: Flow) -> None:
+        """A reset or timeout is reported once, like sk_err; later calls see EOF/EPIPE."""
+        if flow.error is not None and not self._error_reported:
+            self._error_reported = True
+            raise flow.error
+
+    def _now(self) -> float:
+        return self._engine.clock()
+
+    # ------------------------------------------------------------ addressing
+
+    def bind(self, address: Address) -> None:
+        host, port = address
+        with self._engine.lock:
+            self._check_open()
+            self._engine.check()
+            if self._port is not None:
+                raise _oserror(errno.EINVAL, "already bound")
+            if host not in ("", "0.0.0.0", self._engine.ip):
+                raise _oserror(errno.EADDRNOTAVAIL, host)
+            if not 0 <= port <= 0xFFFF:
+                raise OverflowError("bind(): port must be 0-65535.")
+            if port == 0:
+                port = self._engine.ephemeral_port("0.0.0.0", 0)
+            elif port in self._engine.bound_ports or port in self._engine.listeners:
+                raise _oserror(errno.EADDRINUSE)
+            self._engine.bound_ports.add(port)
+            self._port = port
+            self._owns_port = True
+
+    def listen(self, backlog: int = 128) -> None:
+        with self._engine.lock:
+            self._check_open()
+            self._engine.check()
+            if self._flow is not None:
+                raise _oserror(errno.EINVAL, "socket is connected")
+            if self._listener is not None:
+                self._listener.backlog = max(backlog, 1)
+                return
+        if self._port is None:
+            self.bind(("", 0))
+        with self._engine.lock:
+            assert self._port is not None
+            if self._port in self._engine.listeners:
+                raise _oserror(errno.EADDRINUSE)
+            self._listener = self._engine.add_listener(self._port, backlog)
+
+    def accept(self) -> tuple[Socket, Address]:
+        """Wait for a connection whose handshake completed (the third segment arrived)."""
+        with self._engine.lock:
+            self._check_open()
+            listener = self._listener
+            if listener is None:
+                raise _oserror(errno.EINVAL, "socket is not listening")
+            self._wait(
+                listener.cond,
+                lambda: bool(listener.accept_queue) or listener.closed,
+                self._deadline(),
+            )
+            if listener.closed:
+                raise _oserror(errno.EBADF)
+            flow = listener.accept_queue.popleft()
+            flow.listener = None
+            child = Socket(self._stack, _flow=flow)
+            child._timeout = self._timeout if self._timeout != 0.0 else None
+            return child, (flow.remote_ip, flow.conn.remote_port)
+
+    def connect(self, address: Address) -> None:
+        """Active open; returns once the SYN-ACK has arrived (and our ACK is sent)."""
+        code = self._connect(address, raise_errors=True)
+        assert code == 0
+
+    def connect_ex(self, address: Address) -> int:
+        """Like connect(), but return an errno instead of raising (0 on success)."""
+        return self._connect(address, raise_errors=False)
+
+    def _connect(self, address: Address, *, raise_errors: bool) -> int:
+        host, port = address
+        try:
+            remote_ip = str(ipaddress.IPv4Address(host))
+        except ValueError:
+            remote_ip = _socket.gethostbyname(host)
+        with self._engine.lock:
+            try:
+                self._check_open()
+                self._engine.check()
+                if self._listener is not None:
+                    raise _oserror(errno.EINVAL, "socket is listening")
+                flow = self._flow
+                if flow is None:
+                    local_port = self._port or self._engine.ephemeral_port(remote_ip, port)
+                    flow = self._engine.new_flow(remote_ip, port, local_port)
+                    self._flow = flow
+                    self._port = local_port
+                    now = self._now()
+                    flow.conn.open_active(now)
+                    self._engine.pump(flow, now)
+                elif flow.conn.state not in _OPENING:
+                    if flow.error is None:
+                        raise _oserror(errno.EISCONN)
+                elif self._timeout == 0.0:
+                    raise BlockingIOError(errno.EALREADY, os.strerror(errno.EALREADY))
+                if self._timeout == 0.0 and flow.conn.state in _OPENING:
+                    raise BlockingIOError(errno.EINPROGRESS, os.strerror(errno.EINPROGRESS))
+                try:
+                    self._wait(
+                        flow.cond,
+                        lambda: flow.conn.state not in _OPENING or flow.error is not None,
+                        self._deadline(),
+                    )
+                except TimeoutError:
+                    # Give up the attempt, as a kernel socket's connect timeout does.
+                    flow.conn.abort(self._now())
+                    self._engine.pump(flow, self._now())
+                    raise
+                if flow.error is not None:
+                    self._error_reported = True
+                    raise flow.error
+                return 0
+            except OSError as exc:
+                if raise_errors or exc.errno is None:
+                    raise
+                return exc.errno
+
+    # ------------------------------------------------------------------ data
+
+    def _connected_flow(self) -> Flow:
+        self._check_open()
+        self._engine.check()
+        if self._flow is None:
+            raise _oserror(errno.ENOTCONN)
+        return self._flow
+
+    def send(self, data: bytes | bytearray | memoryview, flags: int = 0, /) -> int:
+        """Queue some of data for sending; return how many bytes were taken.
+
+        Raises:
+            BrokenPipeError: after shutdown(SHUT_WR) or close by us, or after a reset
+                that was already reported.
+            ConnectionResetError: the peer reset the connection.
+            TimeoutError / BlockingIOError: no buffer space within the timeout.
+        """
+        if flags:
+            raise _oserror(errno.EOPNOTSUPP, "send flags")
+        with self._engine.lock:
+            n = self._send_locked(data, self._deadline())
+            return n
+
+    def _send_locked(self, data: bytes | bytearray | memoryview, deadline: float | None) -> int:
+        flow = self._connected_flow()
+        conn = flow.conn
+
+        def ready() -> bool:
+            return (
+                flow.error is not None
+                or not conn.state.can_send
+                or (conn.state not in _OPENING and conn.send_space > 0)
+            )
+
+        self._wait(flow.cond, ready, deadline)
+        self._raise_pending_error(flow)
+        if flow.error is not None or not conn.state.can_send:
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+        try:
+            n = conn.send(data)
+        except Exception as exc:  # InvalidStateError: our direction is closed
+            raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)) from exc
+        self._engine.pump(flow, self._now())
+        return n
+
+    def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0, /) -> None:
+        """Send all of data; the timeout bounds the whole call, as in CPython."""
+        if flags:
+            raise _oserror(errno.EOPNOTSUPP, "send flags")
+        view = memoryview(data).cast("B")
+        deadline = self._deadline()
+        offset = 0
+        with self._engine.lock:
+            while offset < len(view):
+                offset += self._send_locked(view[offset:], deadline)
+
+    def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
+        """Return up to bufsize bytes; b"" if and only if the peer's FIN was read.
+
+        Raises:
+            ConnectionResetError: the peer reset the connection.
+            TimeoutError / BlockingIOError: nothing arrived within the timeout.
+            OSError: ENOTCONN if not connected, EBADF after close().
+        """
+        if bufsize < 0:
+            raise ValueError("negative buffersize in recv")
+        if flags:
+            raise _oserror(errno.EOPNOTSUPP, "recv flags")
+        with self._engine.lock:
+            flow = self._recv_ready()
+            if flow is None:
+                return b""
+            data = flow.conn.receive(bufsize)
+            self._engine.pump(flow, self._now())
+            return data
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
+        if flags:
+            raise _oserror(errno.EOPNOTSUPP, "recv flags")
+        view = memoryview(buffer).cast("B")
+        if nbytes:
+            view = view[:nbytes]
+        with self._engine.lock:
+            flow = self._recv_ready()
+            if flow is None:
+                return 0
+            n = flow.conn.receive_into(view)
+            self._engine.pump(flow, self._now())
+            return n
+
+    def _recv_ready(self) -> Flow | None:
+        """Wait for data, EOF or an error; None means EOF (return b"")."""
+        flow = self._connected_flow()
+        conn = flow.conn
+        if self._shut_rd:
+            return None
+
+        def ready() -> bool:
+            return (
+                conn.readable > 0
+                or conn.eof
+                or flow.error is not None
+                or self._shut_rd
+                or conn.state is State.CLOSED
+            )
+
+        self._wait(flow.cond, ready, self._deadline())
+        if conn.readable > 0 and not self._shut_rd:
+            return flow
+        self._raise_pending_error(flow)
+        if conn.state is State.CLOSED and not conn.eof and flow.error is None:
+            # Closed before anything arrived (e.g. our own abort): like ENOTCONN.
+            raise _oserror(errno.ENOTCONN)
+        return None
+
+    # ----------------------------------------------------------------- close
+
+    def shutdown(self, how: int) -> None:
+        """SHUT_WR sends FIN after queued data; SHUT_RD makes reads return b""."""
+        if how not in (_socket.SHUT_RD, _socket.SHUT_WR, _socket.SHUT_RDWR):
+            raise _oserror(errno.EINVAL)
+        with self._engine.lock:
+            flow = self._connected_flow()
+            if flow.conn.state in (State.CLOSED,) and flow.error is None:
+                raise _oserror(errno.ENOTCONN)
+            if how in (_socket.SHUT_RD, _socket.SHUT_RDWR):
+                self._shut_rd = True
+            if how in (_socket.SHUT_WR, _socket.SHUT_RDWR):
+                now = self._now()
+                flow.conn.shutdown(now)
+                self._engine.pump(flow, now)
+            flow.cond.notify_all()
+
+    def close(self) -> None:
+        """Release the socket. Idempotent.
+
+        A connection closes gracefully (FIN) and finishes on its own, through
+        TIME-WAIT if we closed first; `state` keeps reporting it. If unread data
+        is left in the receive buffer the connection is reset instead, as Linux
+        does (RFC 2525 §2.17).
+        """
+        with self._engine.lock:
+            if self._closed:
+                return
+            self._closed = True
+            now = self._now()
+            if self._listener is not None:
+                if self._engine.failure is None:
+                    self._engine.close_listener(self._listener, now)
+            elif self._flow is not None and self._engine.failure is None:
+                flow = self._flow
+                if flow.conn.readable > 0:
+                    flow.conn.abort(now)
+                else:
+                    flow.conn.shutdown(now)
+                self._engine.pump(flow, now)
+            if self._owns_port and self._port is not None:
+                self._engine.bound_ports.discard(self._port)
+            if self._flow is not None:
+                self._flow.cond.notify_all()
