@@ -284,7 +284,9 @@ class MemoryLink:
             except BlockingIOError:
                 break
             if not frame:
-                break  # the other end is closed
+                # The other end is gone; a link that stays readable at EOF would
+                # spin its reader, so say so like a vanished interface would.
+                raise OSError(errno.ENOTCONN, "memory link closed by the other end")
             frames.append((frame, False))
         return frames
 

@@ -69,11 +69,12 @@ class Stack:
 
     ``netns`` names the network namespace where the interface lives; the stack
     opens it from there, and the rest of the program stays where it is.
+    ``interface`` may also be an opened Link (see tcpstack.link), e.g. a MemoryLink.
     """
 
     def __init__(
         self,
-        interface: str,
+        interface: str | Link,
         address: str,
         *,
         link: str = "auto",
@@ -84,17 +85,21 @@ class Stack:
         create_tap: bool = False,
     ) -> None:
         ipaddress.IPv4Interface(address)  # fail early on a bad address
-        kind = detect_kind(interface, netns) if link == "auto" else link
         opened: Link
-        if kind == "tap":
-            opened = TapLink(interface, netns, create=create_tap)
-        elif kind == "packet":
-            opened = PacketLink(interface, netns)
+        if not isinstance(interface, str):
+            opened = interface  # a ready Link: tests, wrappers, custom devices
+            kind = opened.kind
         else:
-            raise ValueError(f"link must be 'auto', 'packet' or 'tap', not {link!r}")
+            kind = detect_kind(interface, netns) if link == "auto" else link
+            if kind == "tap":
+                opened = TapLink(interface, netns, create=create_tap)
+            elif kind == "packet":
+                opened = PacketLink(interface, netns)
+            else:
+                raise ValueError(f"link must be 'auto', 'packet' or 'tap', not {link!r}")
         self.mac = wire.parse_mac(mac) if mac else _random_mac()
         self.link_kind = kind
-        self.interface = interface
+        self.interface = opened.name
         self._engine = Engine(
             opened,
             address=address,

@@ -237,11 +237,15 @@ class TcpConnection:
                 # Nothing was synchronized: delete the TCB.
                 self._enter_closed("close()")
                 self._events.append(ConnectionClosed())
-            case State.SYN_RECEIVED | State.ESTABLISHED:
+            case State.ESTABLISHED:
                 self._fin_queued = True
-                if self.state is State.ESTABLISHED:
+                self._set_state(State.FIN_WAIT_1, "close()")
+            case State.SYN_RECEIVED:
+                self._fin_queued = True
+                # §3.10.4: with nothing queued, send FIN now and enter FIN-WAIT-1;
+                # otherwise the FIN waits for ESTABLISHED (see _on_ack).
+                if not self.unsent:
                     self._set_state(State.FIN_WAIT_1, "close()")
-                # In SYN-RECEIVED the FIN waits for ESTABLISHED (§3.10.4); see _on_ack.
             case State.CLOSE_WAIT:
                 # RFC 793 said CLOSING here; RFC 9293 corrects it to LAST-ACK, as Linux does.
                 self._fin_queued = True
@@ -713,6 +717,13 @@ class TcpConnection:
             if not self._syn_sent or self._retransmit_due:
                 out.append(self._syn_segment(_SYN_ACK, self.rcv_nxt))
                 self._after_syn(now)
+        elif seq.le(self.snd_una, self.iss):
+            # Closed from SYN-RECEIVED before our SYN was acknowledged: the SYN-ACK
+            # is what needs (re)sending; the FIN follows it in the same burst.
+            if not self._syn_sent or self._retransmit_due:
+                out.append(self._syn_segment(_SYN_ACK, self.rcv_nxt))
+                self._after_syn(now)
+            self._transmit_new(out, now)
         else:
             if self._retransmit_due:
                 self._retransmit_due = False

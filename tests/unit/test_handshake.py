@@ -250,12 +250,30 @@ def test_syn_received_retransmitted_syn_repeats_the_syn_ack() -> None:
     assert d.conn.state is State.SYN_RECEIVED
 
 
-def test_close_in_syn_received_sends_fin_once_established() -> None:
+def test_close_in_syn_received_sends_fin_at_once() -> None:
+    # §3.10.4: nothing queued -> FIN now, FIN-WAIT-1 (Figure 5: SYN-RCVD --CLOSE--> FIN-WAIT-1).
     d = syn_received()
+    d.conn.shutdown(d.now)
+    expect(d.flush(), out("F.", d.l(1), d.r(1)))
+    assert d.conn.state is State.FIN_WAIT_1
+    # The SYN-ACK is still unacknowledged, so a timeout resends it first.
+    expect(d.fire_timer(), out("S.", d.l(0), d.r(1), mss=CONFIG.mss))
+    # The peer acknowledges only the SYN: the FIN goes again at the next timeout.
+    expect(d.push(seg(".", d.r(1), d.l(1))))
+    assert d.conn.state is State.FIN_WAIT_1
+    expect(d.fire_timer(), out("F.", d.l(1), d.r(1)))
+    expect(d.push(seg(".", d.r(1), d.l(2))))
+    assert d.conn.state is State.FIN_WAIT_2
+
+
+def test_close_in_syn_received_with_data_queued_waits_for_established() -> None:
+    d = syn_received()
+    d.conn.send(b"first")
     d.conn.shutdown(d.now)
     expect(d.flush())
     assert d.conn.state is State.SYN_RECEIVED
-    expect(d.push(seg(".", d.r(1), d.l(1))), out("F.", d.l(1), d.r(1)))
+    sent = d.push(seg(".", d.r(1), d.l(1)))
+    expect(sent, out("FP.", d.l(1), d.r(1), data=b"first"))
     assert d.conn.state is State.FIN_WAIT_1
 
 

@@ -1,0 +1,190 @@
+"""The engine and socket facade over an in-memory link, with the test playing the peer.
+
+No root and no kernel: frames are built and checked with the wire codec, so these
+run in the unit tier and pin the engine's ARP, ICMP, demux and failure behaviour.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import select
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tcpstack import State, TcpConfig, wire
+from tcpstack.core.segment import Flags, Options, Segment
+from tcpstack.isn import fixed_isn
+from tcpstack.link import MemoryLink
+from tcpstack.stack import Stack
+
+PEER_MAC = bytes.fromhex("02aa00000001")
+OUR_MAC = "02:bb:00:00:00:02"
+PEER_IP = "198.18.0.1"
+OUR_IP = "198.18.0.2"
+TIMEOUT = 5.0
+
+pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+
+
+class Peer:
+    """The far end of the link: sends frames and waits for the endpoint's replies."""
+
+    def __init__(self, link: MemoryLink) -> None:
+        self.link = link
+        self.our_mac = wire.parse_mac(OUR_MAC)
+
+    def send(self, frame: bytes) -> None:
+        self.link.send(frame)
+
+    def send_tcp(self, seg: Segment) -> None:
+        self.send(wire.encode_tcp(PEER_MAC, self.our_mac, PEER_IP, OUR_IP, seg))
+
+    def receive(self, want: Callable[[wire.Decoded], bool], what: str) -> wire.Decoded:
+        deadline = time.monotonic() + TIMEOUT
+        while (remaining := deadline - time.monotonic()) > 0:
+            select.select([self.link], [], [], remaining)
+            for frame, _ in self.link.recv_batch():
+                packet = wire.decode_frame(frame)
+                if want(packet):
+                    return packet
+        raise AssertionError(f"no {what} within {TIMEOUT}s")
+
+    def tcp(self) -> Segment:
+        packet = self.receive(lambda p: isinstance(p, wire.TcpPacket), "TCP segment")
+        assert isinstance(packet, wire.TcpPacket)
+        assert (packet.src_mac, packet.dst_mac) == (self.our_mac, PEER_MAC)
+        return packet.segment
+
+    def answer_arp(self) -> None:
+        request = self.receive(lambda p: isinstance(p, wire.ArpPacket), "ARP request")
+        assert isinstance(request, wire.ArpPacket) and request.op == 1
+        assert request.target_ip == PEER_IP and request.sender_ip == OUR_IP
+        self.send(
+            wire.encode_arp(PEER_MAC, self.our_mac, 2, PEER_MAC, PEER_IP, self.our_mac, OUR_IP)
+        )
+
+    def ping(self, sequence: int) -> wire.IcmpEcho:
+        self.send(
+            wire.encode_icmp_echo(
+                PEER_MAC,
+                self.our_mac,
+                PEER_IP,
+                OUR_IP,
+                type=8,
+                ident=77,
+                sequence=sequence,
+                payload=b"are you there",
+            )
+        )
+        reply = self.receive(lambda p: isinstance(p, wire.IcmpEcho), "echo reply")
+        assert isinstance(reply, wire.IcmpEcho)
+        return reply
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Stack, Peer]]:
+    ours, theirs = MemoryLink.pair()
+    stack = Stack(ours, f"{OUR_IP}/24", mac=OUR_MAC, config=TcpConfig(msl=0.2), isn=fixed_isn(1000))
+    try:
+        yield stack, Peer(theirs)
+    finally:
+        stack.close()
+        theirs.close()
+
+
+def test_arp_request_for_our_address_is_answered(pair: tuple[Stack, Peer]) -> None:
+    stack, peer = pair
+    # A request for somebody else first: it must go unanswered, so the first reply
+    # that comes back is the one for our address.
+    for target in ("198.18.0.99", OUR_IP):
+        peer.send(
+            wire.encode_arp(PEER_MAC, wire.BROADCAST_MAC, 1, PEER_MAC, PEER_IP, b"\0" * 6, target)
+        )
+    reply = peer.receive(lambda p: isinstance(p, wire.ArpPacket), "ARP reply")
+    assert isinstance(reply, wire.ArpPacket)
+    assert reply.op == 2 and reply.sender_ip == OUR_IP
+    assert reply.sender_mac == wire.parse_mac(OUR_MAC) and reply.target_mac == PEER_MAC
+    assert stack.arp_table() == {PEER_IP: wire.mac_str(PEER_MAC)}  # learnt from the request
+    assert stack.stats()["arp_replies"] == 1
+
+
+def test_echo_request_is_answered(pair: tuple[Stack, Peer]) -> None:
+    stack, peer = pair
+    # Answered straight to the requester's MAC: no ARP round trip first.
+    peer.send(
+        wire.encode_icmp_echo(
+            PEER_MAC, peer.our_mac, PEER_IP, OUR_IP, type=8, ident=5, sequence=9, payload=b"x" * 56
+        )
+    )
+    reply = peer.receive(lambda p: isinstance(p, wire.IcmpEcho), "echo reply")
+    assert isinstance(reply, wire.IcmpEcho)
+    assert (reply.type, reply.ident, reply.sequence, reply.payload) == (0, 5, 9, b"x" * 56)
+    assert (reply.src_ip, reply.dst_ip) == (OUR_IP, PEER_IP)
+
+
+def test_syn_to_a_closed_port_gets_rst_ack(pair: tuple[Stack, Peer]) -> None:
+    stack, peer = pair
+    peer.send_tcp(Segment(5555, 80, 4242, 0, Flags.SYN, 64240, Options(mss=1460)))
+    peer.answer_arp()
+    rst = peer.tcp()
+    assert rst.describe() == "R. 0:0(0) ack 4243 win 0"
+    assert (rst.src_port, rst.dst_port) == (80, 5555)
+
+
+def test_malformed_frames_are_counted_not_fatal(pair: tuple[Stack, Peer]) -> None:
+    stack, peer = pair
+    good = wire.encode_tcp(PEER_MAC, peer.our_mac, PEER_IP, OUR_IP, Segment(1, 80, 1, 0, Flags.SYN))
+    bad = bytearray(good)
+    bad[-1] ^= 0xFF  # breaks the TCP checksum
+    peer.send(bytes(bad))
+    peer.send(good[:20])
+    peer.send(b"\x00" * 5)
+    peer.ping(1)  # the engine still answers, so it processed everything before
+    stats = stack.stats()
+    assert stats["drop_tcp_bad_checksum"] == 1
+    assert stats["drop_ip_truncated"] == 1
+    assert stats["drop_eth_truncated"] == 1
+
+
+def test_connect_returns_on_the_syn_ack_and_data_flows(pair: tuple[Stack, Peer]) -> None:
+    stack, peer = pair
+    s = stack.socket()
+    s.settimeout(TIMEOUT)
+    connecting = pool.submit(s.connect, (PEER_IP, 80))
+    peer.answer_arp()
+    syn = peer.tcp()
+    assert syn.flags == Flags.SYN and syn.seq == 1000 and syn.options.mss == 1460
+    assert s.state is State.SYN_SENT and not connecting.done()
+    peer.send_tcp(
+        Segment(80, syn.src_port, 7000, 1001, Flags.SYN | Flags.ACK, 65535, Options(mss=1400))
+    )
+    connecting.result(TIMEOUT)
+    ack = peer.tcp()
+    assert ack.flags == Flags.ACK and (ack.seq, ack.ack) == (1001, 7001)
+    assert s.state is State.ESTABLISHED
+    s.sendall(b"hello")
+    data = peer.tcp()
+    assert data.payload == b"hello" and data.seq == 1001
+    peer.send_tcp(
+        Segment(80, syn.src_port, 7001, 1006, Flags.ACK | Flags.PSH, 65535, payload=b"hi")
+    )
+    assert s.recv(10) == b"hi"
+    assert peer.tcp().ack == 7003
+    assert [(c.remote, c.state) for c in stack.connections()] == [
+        ((PEER_IP, 80), State.ESTABLISHED)
+    ]
+
+
+def test_engine_failure_reaches_blocked_calls(pair: tuple[Stack, Peer]) -> None:
+    stack, peer = pair
+    listener = stack.socket()
+    listener.bind(("", 80))
+    listener.listen()
+    waiting = pool.submit(listener.accept)
+    peer.link.close()  # the link vanishes under the engine
+    with pytest.raises(OSError, match="engine failed"):
+        waiting.result(TIMEOUT)
+    with pytest.raises(OSError, match="engine failed"):
+        stack.socket().connect((PEER_IP, 80))
