@@ -128,7 +128,8 @@ class Engine:
         self.config = config
         self.clock = clock
         self.isn: IsnFunction = isn or Rfc6528Isn()
-        self.lock = threading.Lock()
+        # Reentrant so an observer may read the stack (stats, connections) from its callback.
+        self.lock = threading.RLock()
         self.stats: Counter[str] = Counter()
         self.flows: dict[FlowKey, Flow] = {}
         self.listeners: dict[int, Listener] = {}
