@@ -168,7 +168,13 @@ class Engine:
         with self.lock:
             self._fail_all(EngineFailed(errno.ESHUTDOWN, "stack closed"))
         self.link.close()
-        os.close(self._wake_fd)
+        wake_fd, self._wake_fd = self._wake_fd, -1
+        os.close(wake_fd)
+
+    @property
+    def alive(self) -> bool:
+        """True while the engine serves calls (not failed, not stopped)."""
+        return self.failure is None and not self._stopping
 
     def check(self) -> None:
         """Raise if the engine can no longer serve calls. Called with the lock held."""
@@ -178,10 +184,12 @@ class Engine:
             raise EngineFailed(errno.ESHUTDOWN, "stack closed")
 
     def _wake(self) -> None:
+        if self._wake_fd < 0:
+            return  # stopped: the descriptor is closed and its number may be reused
         try:
             os.eventfd_write(self._wake_fd, 1)
-        except OSError:
-            pass
+        except BlockingIOError:
+            pass  # the counter is saturated: the thread is already woken
 
     # --------------------------------------------------------------- I/O thread
 
@@ -407,7 +415,11 @@ class Engine:
                 return None
         iss = self.isn(self.ip, seg.dst_port, packet.src_ip, seg.src_port)
         conn = TcpConnection(
-            self.config, seg.dst_port, 0, iss=iss, name=f"{packet.src_ip}:{seg.src_port}"
+            self.config,
+            seg.dst_port,
+            0,
+            iss=iss,
+            name=f"{seg.dst_port}<{packet.src_ip}:{seg.src_port}",
         )
         conn.open_passive()
         flow = Flow(conn, packet.src_ip, threading.Condition(self.lock), listener=listener)
@@ -555,7 +567,11 @@ class Engine:
             raise OSError(errno.ENETUNREACH, f"{remote_ip} is not on {self.network}")
         iss = self.isn(self.ip, local_port, remote_ip, remote_port)
         conn = TcpConnection(
-            self.config, local_port, remote_port, iss=iss, name=f"{remote_ip}:{remote_port}"
+            self.config,
+            local_port,
+            remote_port,
+            iss=iss,
+            name=f"{local_port}>{remote_ip}:{remote_port}",
         )
         flow = Flow(conn, remote_ip, threading.Condition(self.lock))
         if flow.key in self.flows:

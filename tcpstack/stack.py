@@ -562,10 +562,11 @@ class Socket:
                 return
             self._closed = True
             now = self._now()
-            if self._listener is not None:
-                if self._engine.failure is None:
-                    self._engine.close_listener(self._listener, now)
-            elif self._flow is not None and self._engine.failure is None:
+            if not self._engine.alive:
+                pass  # the stack is closed or failed: nothing left to tell the peer
+            elif self._listener is not None:
+                self._engine.close_listener(self._listener, now)
+            elif self._flow is not None:
                 flow = self._flow
                 if flow.conn.readable > 0:
                     flow.conn.abort(now)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from dataclasses import replace
-from typing import Final
+from typing import Any, Final
 
 from tcpstack.config import TcpConfig
 from tcpstack.core import seq
@@ -41,6 +41,13 @@ log = logging.getLogger("tcpstack.core")
 _MAX_WINDOW: Final = 0xFFFF
 _ACK = Flags.ACK
 _RST = Flags.RST
+
+
+class _ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every line with the connection's name, like aioquic's QuicConnectionAdapter."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['conn'] if self.extra else ''}] {msg}", kwargs
 
 
 class InvalidStateError(Exception):
@@ -83,7 +90,7 @@ class TcpConnection:
         self.state = State.CLOSED
         self.passive = False
         self.stats: Counter[str] = Counter()
-        self._log = logging.LoggerAdapter(log, {"conn": name})
+        self._log = _ConnectionLog(log, {"conn": name or str(local_port)})
         self._name = name
         self._events: deque[Event] = deque()
 
@@ -450,15 +457,7 @@ class TcpConnection:
 
         # Sixth (URG) is not supported: urgent data is delivered inline.
         # Seventh and eighth: text and FIN.
-        if self.state in (
-            State.ESTABLISHED,
-            State.FIN_WAIT_1,
-            State.FIN_WAIT_2,
-            State.CLOSE_WAIT,
-            State.CLOSING,
-            State.LAST_ACK,
-            State.TIME_WAIT,
-        ):
+        if self.state.is_synchronized:
             self._accept_text(seg, seg.seq, now)
 
     def _acceptable(self, seg: Segment) -> bool:

@@ -188,3 +188,27 @@ def test_engine_failure_reaches_blocked_calls(pair: tuple[Stack, Peer]) -> None:
         waiting.result(TIMEOUT)
     with pytest.raises(OSError, match="engine failed"):
         stack.socket().connect((PEER_IP, 80))
+
+
+def test_sockets_outliving_their_stack_close_quietly() -> None:
+    ours, theirs = MemoryLink.pair()
+    stack = Stack(ours, f"{OUR_IP}/24", mac=OUR_MAC)
+    listener = stack.socket()
+    listener.bind(("", 80))
+    listener.listen()
+    stack.close()
+    stack.close()
+    listener.close()  # no error, no frame sent into a closed link
+    with pytest.raises(OSError):
+        stack.socket().bind(("", 81))
+    theirs.close()
+
+
+def test_an_idle_stack_has_no_deadline(pair: tuple[Stack, Peer]) -> None:
+    # No polling tick: with nothing to time, the I/O thread sleeps until a frame comes.
+    stack, peer = pair
+    listener = stack.socket()
+    listener.bind(("", 80))
+    listener.listen()
+    with stack._engine.lock:
+        assert stack._engine._next_deadline() is None
