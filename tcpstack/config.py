@@ -19,12 +19,50 @@ class TcpConfig:
     default_peer_mss: int = 536
     """Send MSS assumed when the peer's SYN carries no MSS option (RFC 9293 §3.7.1, MUST-15)."""
 
-    receive_buffer: int = 65535
-    """Receive buffer, and so the largest window we advertise. Without window
-    scaling (a later feature) a window cannot exceed 65535."""
+    receive_buffer: int = 1 << 20
+    """Receive buffer in bytes: the most we advertise (scaled by window_shift) and hold,
+    in order and out of order together."""
 
-    send_buffer: int = 256 * 1024
-    """Bytes the application may queue before send() blocks."""
+    send_buffer: int = 1 << 20
+    """Bytes the application may queue (sent or not, unacknowledged) before send() blocks."""
+
+    window_scaling: bool = True
+    """Offer window scaling (RFC 7323 §2); used only if the peer offers it too."""
+
+    window_shift: int = 7
+    """The shift we offer; Linux offers 7 for its default buffers."""
+
+    sack: bool = True
+    """Offer SACK (RFC 2018): report out-of-order data, and use the peer's reports."""
+
+    timestamps: bool = True
+    """Offer timestamps (RFC 7323 §3): RTT measurement on every ACK and PAWS."""
+
+    congestion: str = "cubic"
+    """Congestion control, like Linux's TCP_CONGESTION: "cubic" (Linux's default) or "reno"."""
+
+    nagle: bool = True
+    """Nagle's algorithm (RFC 9293 §3.7.4); TCP_NODELAY turns it off per socket."""
+
+    delayed_ack: float = 0.04
+    """Delay before a lone ACK (Linux's minimum, 40 ms); every second full segment,
+    out-of-order data and FIN are acknowledged at once. 0 ACKs every segment."""
+
+    quick_acks: int = 16
+    """ACK the first segments of a connection at once, as Linux's quickack mode does,
+    so the peer's slow start is not held back by our delayed ACKs."""
+
+    keepalive: bool = False
+    """SO_KEEPALIVE default; off, as for kernel sockets."""
+
+    keepalive_idle: float = 7200.0
+    """TCP_KEEPIDLE: idle seconds before the first probe (Linux tcp_keepalive_time)."""
+
+    keepalive_interval: float = 75.0
+    """TCP_KEEPINTVL: seconds between unanswered probes (Linux tcp_keepalive_intvl)."""
+
+    keepalive_probes: int = 9
+    """TCP_KEEPCNT: unanswered probes before the connection is dropped (tcp_keepalive_probes)."""
 
     rto_initial: float = 1.0
     """RFC 6298 §2.1: initial RTO of one second (Linux uses the same for SYNs)."""
@@ -37,6 +75,10 @@ class TcpConfig:
 
     msl: float = 30.0
     """Maximum segment lifetime; TIME-WAIT lasts 2*MSL, Linux's fixed 60 s."""
+
+    fin_timeout: float = 60.0
+    """How long an orphaned connection (socket closed) waits in FIN-WAIT-2 for the
+    peer's FIN (Linux tcp_fin_timeout)."""
 
     syn_retries: int = 6
     """SYN retransmissions before connect() gives up (Linux tcp_syn_retries)."""
@@ -51,8 +93,14 @@ class TcpConfig:
     def __post_init__(self) -> None:
         if not 88 <= self.mss <= 65495:
             raise ValueError(f"mss {self.mss} outside 88..65495")
-        if not 1 <= self.receive_buffer <= 65535:
-            raise ValueError("receive_buffer must be 1..65535 until window scaling exists")
+        if self.receive_buffer < 1:
+            raise ValueError("receive_buffer must be positive")
+        if not 0 <= self.window_shift <= 14:
+            raise ValueError("window_shift must be 0..14 (RFC 7323 §2.3)")
+        if self.receive_buffer > 0xFFFF << (self.window_shift if self.window_scaling else 0):
+            raise ValueError("receive_buffer exceeds what the window field can advertise")
+        if self.congestion not in ("cubic", "reno"):
+            raise ValueError(f"congestion must be 'cubic' or 'reno', not {self.congestion!r}")
         if self.send_buffer < 1:
             raise ValueError("send_buffer must be positive")
         if not 0 < self.rto_min <= self.rto_initial <= self.rto_max:

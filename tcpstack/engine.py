@@ -18,6 +18,7 @@ import heapq
 import ipaddress
 import itertools
 import logging
+import math
 import os
 import random
 import select
@@ -87,14 +88,11 @@ class Flow:
 
     conn: TcpConnection
     remote_ip: str
+    key: FlowKey  # fixed at creation: the core forgets its remote port on a return to LISTEN
     cond: threading.Condition
     listener: Listener | None = None
     error: OSError | None = None
     deadline: float | None = None
-
-    @property
-    def key(self) -> FlowKey:
-        return (self.remote_ip, self.conn.remote_port, self.conn.local_port)
 
 
 @dataclass(eq=False)
@@ -195,21 +193,36 @@ class Engine:
 
     def _run(self) -> None:
         link_fd = self.link.fileno()
+        # poll, not select: select() cannot watch descriptors numbered 1024 or more.
+        poller = select.poll()
+        poller.register(link_fd, select.POLLIN)
+        poller.register(self._wake_fd, select.POLLIN)
+        link_deadline = getattr(self.link, "next_deadline", None)
         try:
             while not self._stopping:
                 with self.lock:
                     deadline = self._next_deadline()
+                    if link_deadline is not None:
+                        held = link_deadline()
+                        if held is not None and (deadline is None or held < deadline):
+                            deadline = held
                     self._sleep_until = deadline
                 timeout = None if deadline is None else max(deadline - self.clock(), 0.0)
-                readable, _, _ = select.select([link_fd, self._wake_fd], [], [], timeout)
+                # poll takes milliseconds; round up so we never wake just before a deadline.
+                ready = poller.poll(None if timeout is None else math.ceil(timeout * 1000))
                 with self.lock:
                     self._sleep_until = None
+                    readable = {fd for fd, _ in ready}
                     if self._wake_fd in readable:
                         try:
                             os.eventfd_read(self._wake_fd)
                         except BlockingIOError:
                             pass
-                    if link_fd in readable:
+                    if link_deadline is not None:
+                        # An impairment layer holds frames back; release what is due.
+                        self.link.flush(self.clock())  # type: ignore[attr-defined]
+                        self._receive_frames()
+                    elif link_fd in readable:
                         self._receive_frames()
                     self._run_timers(self.clock())
         except BaseException as exc:  # noqa: BLE001 - surfaced to every caller below
@@ -338,6 +351,11 @@ class Engine:
             if exc.errno in (errno.ENOBUFS, errno.EAGAIN):
                 self.stats["drop_tx_queue_full"] += 1
                 return
+            if exc.errno == errno.ENETDOWN:
+                # The interface is down (perhaps for a moment): the frame is lost
+                # and TCP retransmits, as when a kernel's own link goes down.
+                self.stats["drop_tx_link_down"] += 1
+                return
             raise
         self.stats["frames_out"] += 1
 
@@ -352,7 +370,8 @@ class Engine:
             # RFC 9293 §3.6.1 (MAY-2): a new SYN with a higher sequence number may
             # reopen a 4-tuple in TIME-WAIT; Linux accepts it, so we do too.
             self.stats["time_wait_reopened"] += 1
-            self._forget(flow)
+            flow.conn.abort(now)  # TIME-WAIT -> CLOSED; its socket sees it end
+            self.pump(flow, now)
             flow = None
         if flow is None:
             listener = self.listeners.get(seg.dst_port)
@@ -363,14 +382,33 @@ class Engine:
             if flow is None:
                 return
         else:
+            if (
+                flow.listener is not None
+                and flow.conn.state is State.SYN_RECEIVED
+                and seg.has_ack
+                and len(flow.listener.accept_queue) >= flow.listener.backlog
+            ):
+                # Accept queue full: drop the handshake's last ACK, as Linux does
+                # (ListenOverflows); our SYN-ACK is retransmitted and the client
+                # ACKs again, by which time the application may have accepted.
+                self.stats["drop_listen_overflow"] += 1
+                return
             try:
                 flow.conn.handle_segment(seg, now)
-            except Exception:  # a bug in one core must not take the others down
-                log.exception("core failed on %s", seg)
-                self.stats["internal_errors"] += 1
-                flow.conn.abort(now)
+            except Exception as exc:  # a bug in one core must not take the others down
+                self._core_failed(flow, exc, now)
             self._observe("in", flow, seg, now)
         self.pump(flow, now)
+
+    def _core_failed(self, flow: Flow, exc: Exception, now: float) -> None:
+        log.error("core failed on %s", flow.key, exc_info=exc)
+        self.stats["internal_errors"] += 1
+        flow.error = flow.error or OSError(errno.EIO, f"tcpstack internal error: {exc!r}")
+        try:
+            flow.conn.abort(now)
+        except Exception:  # noqa: BLE001 - already failing; the flow is dropped below
+            log.exception("abort failed too")
+            self._forget(flow)
 
     def _reopens(self, flow: Flow, seg: Segment) -> bool:
         return (
@@ -422,8 +460,13 @@ class Engine:
             name=f"{seg.dst_port}<{packet.src_ip}:{seg.src_port}",
         )
         conn.open_passive()
-        flow = Flow(conn, packet.src_ip, threading.Condition(self.lock), listener=listener)
-        conn.handle_segment(seg, now)
+        key = (packet.src_ip, seg.src_port, seg.dst_port)
+        flow = Flow(conn, packet.src_ip, key, threading.Condition(self.lock), listener=listener)
+        try:
+            conn.handle_segment(seg, now)
+        except Exception as exc:
+            self._core_failed(flow, exc, now)
+            return None
         if conn.state is State.SYN_RECEIVED:
             listener.half_open.add(flow)
             self.flows[flow.key] = flow
@@ -440,10 +483,16 @@ class Engine:
     def pump(self, flow: Flow, now: float) -> None:
         """Send what the core has, deliver its events, re-arm its timer (aioquic transmit())."""
         conn = flow.conn
-        segments = conn.segments_to_send(now)
-        if segments:
-            for s in segments:
+        try:
+            for s in conn.segments_to_send(now):
                 self._send_segment(flow.remote_ip, s, now, self._record("out", flow, s, now))
+        finally:
+            # Whatever the link did, deliver the events and re-arm the timer, so a
+            # send failure cannot leave a connection without its retransmission timer.
+            self._after_output(flow, now)
+
+    def _after_output(self, flow: Flow, now: float) -> None:
+        conn = flow.conn
         while (event := conn.next_event()) is not None:
             self._on_event(flow, event)
         deadline = conn.get_timer()
@@ -473,10 +522,14 @@ class Engine:
                 flow.error = flow.error or ConnectionRefusedError(
                     errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED)
                 )
-            case ConnectionReset():
-                flow.error = flow.error or ConnectionResetError(
-                    errno.ECONNRESET, os.strerror(errno.ECONNRESET)
-                )
+            case ConnectionReset(state=state):
+                # Linux's tcp_reset(): EPIPE if we had already seen the peer's FIN.
+                error: OSError
+                if state is State.CLOSE_WAIT:
+                    error = BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+                else:
+                    error = ConnectionResetError(errno.ECONNRESET, os.strerror(errno.ECONNRESET))
+                flow.error = flow.error or error
                 self.stats["connections_reset"] += 1
             case ConnectionTimedOut():
                 flow.error = flow.error or TimeoutError(
@@ -573,8 +626,9 @@ class Engine:
             iss=iss,
             name=f"{local_port}>{remote_ip}:{remote_port}",
         )
-        flow = Flow(conn, remote_ip, threading.Condition(self.lock))
-        if flow.key in self.flows:
+        key = (remote_ip, remote_port, local_port)
+        flow = Flow(conn, remote_ip, key, threading.Condition(self.lock))
+        if key in self.flows:
             raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
         self.flows[flow.key] = flow
         return flow

@@ -5,8 +5,20 @@ veth pair; the peer end holds 198.18.0.1/24, the eut end carries no address at a
 that the eut namespace's kernel never answers (or RSTs) traffic meant for the userspace
 endpoint, which owns 198.18.0.2 and its own MAC. `Lab(kind="tap")` makes only the peer
 namespace, holding a persistent TAP with 198.18.0.1/24 whose file descriptor the
-endpoint opens. Everything is built with netlink from inside the namespaces: the root
-namespace never gets an address, interface or route, and nothing gets a default route.
+endpoint opens. `Lab(kind="kernel")` is the veth lab with 198.18.0.2/24 given to the
+eut end as a kernel address, so kernel sockets made in the eut namespace (`in_endpoint()`)
+talk to the kernel peer: the kernel-to-kernel reference over an identical link, to
+compare the userspace endpoint's figures against. Everything is built with netlink from
+inside the namespaces: the root namespace never gets an address, interface or route, and
+nothing gets a default route.
+
+Loss on the kernel's side: this kernel has no netem, so `peer_loss()` loads nftables
+rules (`nft`, Debian's nftables) into the peer namespace that drop TCP packets the
+kernel receives or sends, at random or exactly the n-th matching one; `nft()` loads any
+ruleset there. Rules live in the namespace and vanish with it. They act at the IP input
+and output hooks, so a TSO/GSO super-packet the kernel sends over veth is dropped whole.
+`peer_nstat()` reads the kernel's SNMP and TcpExt counters of the peer namespace
+(`endpoint_nstat()` those of the eut namespace), named as nstat names them.
 
 Cleanup: removing a namespace removes its interfaces. Labs are removed by `down()`, on
 leaving `with Lab()`, at interpreter exit, and on SIGINT/SIGTERM (handlers that raise,
@@ -28,6 +40,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import struct
@@ -44,7 +57,8 @@ from pyroute2 import IPRoute
 
 from tcpstack import netns
 
-KINDS = ("veth", "tap")
+KINDS = ("veth", "tap", "kernel")
+_VETH_KINDS = ("veth", "kernel")
 PEER_ADDRESS = "198.18.0.1"
 ENDPOINT_ADDRESS = "198.18.0.2"
 PREFIXLEN = 24
@@ -52,6 +66,12 @@ NAME_PREFIX = "tcps-"
 _NAME_RE = re.compile(r"^tcps-[0-9a-f]{6}$")
 _DEFAULT_RECORD_DIR = "/run/tcpstack/labs"
 _UP_TIMEOUT = 5.0
+_NFT_TIMEOUT = 10.0
+LOSS_TABLE = "tcpstack_loss"
+_TCP_FLAGS = ("fin", "syn", "rst", "ack")
+# numgen inc counts modulo this; the k-th match is dropped and the count would next
+# reach k again only after 2**32 - 1 more matching packets.
+_NTH_MODULUS = 0xFFFF_FFFF
 
 # Kernel TCP state numbers (include/net/tcp_states.h) to the project's RFC names.
 # 12 is TCP_NEW_SYN_RECV, the request socket a listener keeps for a half-open
@@ -101,7 +121,7 @@ class Lab:
         self.endpoint_address = ENDPOINT_ADDRESS
         self.endpoint_cidr = f"{ENDPOINT_ADDRESS}/{PREFIXLEN}"
         # Interface names are at most 11 + 2 = 13 characters (IFNAMSIZ allows 15).
-        if kind == "veth":
+        if kind in _VETH_KINDS:
             self.endpoint_netns = f"{self.name}-eut"
             self.peer_interface = f"{self.name}-p"
             self.endpoint_interface = f"{self.name}-e"
@@ -185,10 +205,11 @@ class Lab:
                 # sends neighbour discovery onto the lab link.
                 _write_sysctl("net.ipv6.conf.all.disable_ipv6", "1")
                 _write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")
-                if name == self.peer_netns:
+                # The kernel lab's eut kernel is a TCP peer too, and is treated alike.
+                if name == self.peer_netns or self.kind == "kernel":
                     _write_sysctl("net.ipv4.tcp_no_metrics_save", "1")
         with netns.enter(self.peer_netns), IPRoute() as ipr:
-            if self.kind == "veth":
+            if self.kind in _VETH_KINDS:
                 eut_fd = os.open(netns.path(self.endpoint_netns), os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     # The eut end is born directly in the eut namespace: nothing
@@ -209,9 +230,16 @@ class Lab:
             ipr.addr("add", index=index, address=self.peer_address, prefixlen=self.prefixlen)
             ipr.link("set", index=index, state="up")
             ipr.link("set", index=_index(ipr, "lo"), state="up")
-        if self.kind == "veth":
+        if self.kind in _VETH_KINDS:
             with netns.enter(self.endpoint_netns), IPRoute() as ipr:
                 eut_index = _index(ipr, self.endpoint_interface)
+                if self.kind == "kernel":
+                    ipr.addr(
+                        "add",
+                        index=eut_index,
+                        address=self.endpoint_address,
+                        prefixlen=self.prefixlen,
+                    )
                 ipr.link("set", index=eut_index, state="up")
                 ipr.link("set", index=_index(ipr, "lo"), state="up")
                 # Until the carrier is seen the kernel's qdisc is a no-op that drops
@@ -261,6 +289,11 @@ class Lab:
         """Context manager: the calling thread runs inside the peer namespace."""
         return netns.enter(self.peer_netns)
 
+    def in_endpoint(self) -> contextlib.AbstractContextManager[None]:
+        """Context manager: the calling thread runs inside the endpoint's namespace
+        (in a "kernel" lab, where kernel sockets own 198.18.0.2)."""
+        return netns.enter(self.endpoint_netns)
+
     def peer_popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         return netns.popen(self.peer_netns, argv, **kwargs)
 
@@ -297,19 +330,196 @@ class Lab:
                 return sock.state
         return None
 
+    # -- the kernel's side: nftables and counters --------------------------------------
+
+    def nft(self, ruleset: str) -> None:
+        """Load RULESET (nft -f syntax) in the peer namespace; NftError if nft refuses."""
+        self._nft(["-f", "-"], ruleset)
+
+    def peer_loss(
+        self,
+        percent: float = 100.0,
+        *,
+        direction: str = "both",
+        tcp_flags: str | None = None,
+        nth: int | None = None,
+    ) -> None:
+        """Drop TCP packets in the peer namespace, replacing any earlier peer_loss.
+
+        direction: "in" (packets the kernel receives), "out" (packets it sends) or
+        "both". percent: the chance each matching packet is dropped (0.01 steps; 0
+        clears). nth=k: drop exactly the k-th matching packet (1-based, both directions
+        counted together) and no other. tcp_flags: only packets whose SYN/ACK/FIN/RST
+        flags are exactly these, e.g. "syn,ack" (PSH and URG are ignored)."""
+        ruleset = loss_ruleset(
+            self.peer_interface, percent, direction=direction, tcp_flags=tcp_flags, nth=nth
+        )
+        if nth is None and percent == 0:
+            self.peer_loss_clear()
+        else:
+            self.nft(ruleset)
+
+    def peer_loss_clear(self) -> None:
+        """Remove the peer_loss() rules, if any."""
+        # Adding first makes the delete valid whether or not the table exists.
+        self.nft(f"table inet {LOSS_TABLE}\ndelete table inet {LOSS_TABLE}\n")
+
+    def peer_loss_dropped(self) -> int:
+        """Packets the current peer_loss() rules have dropped."""
+        shown = self._nft(["-j", "list", "counter", "inet", LOSS_TABLE, "dropped"])
+        for item in json.loads(shown)["nftables"]:
+            if "counter" in item:
+                return int(item["counter"]["packets"])
+        raise NftError(f"no drop counter in {LOSS_TABLE}: {shown!r}")
+
+    def peer_nstat(self) -> dict[str, int]:
+        """The kernel's counters in the peer namespace, e.g. TcpRetransSegs."""
+        self._require_up()
+        return read_nstat(self.peer_netns)
+
+    def endpoint_nstat(self) -> dict[str, int]:
+        """The same for the eut namespace (a "kernel" lab's second kernel)."""
+        self._require_up()
+        return read_nstat(self.endpoint_netns)
+
+    def _require_up(self) -> None:
+        if self._state != "up":
+            raise RuntimeError(f"{self!r} is not up")
+
+    def _nft(self, args: Sequence[str], stdin: str | None = None) -> str:
+        self._require_up()
+        binary = _nft_binary()
+        done = self.peer_run(
+            [binary, *args], timeout=_NFT_TIMEOUT, input=stdin, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise NftError(
+                f"nft {' '.join(args)} failed in {self.peer_netns} "
+                f"(exit {done.returncode}): {done.stderr.strip()}"
+            )
+        return str(done.stdout)
+
     def describe(self) -> list[str]:
         lines = [f"lab {self.name} ({self.kind}, {self._state})"]
         lines.append(
             f"  kernel peer: netns {self.peer_netns}, interface {self.peer_interface}, "
             f"{self.peer_address}/{self.prefixlen}"
         )
+        owner = (
+            "a kernel address: the kernel-to-kernel reference"
+            if self.kind == "kernel"
+            else "owned by the userspace endpoint, not the kernel"
+        )
         lines.append(
             f"  endpoint:    netns {self.endpoint_netns}, interface {self.endpoint_interface}, "
-            f"{self.endpoint_cidr} (owned by the userspace endpoint, not the kernel)"
+            f"{self.endpoint_cidr} ({owner})"
         )
         lines.append(f"  run beside the peer: ip netns exec {self.peer_netns} ss -tan")
+        if self.kind == "kernel":
+            lines.append(f"  run beside the endpoint: ip netns exec {self.endpoint_netns} ss -tan")
         lines.append(f"  remove: tcpstack lab down {self.name}")
         return lines
+
+
+# -- nftables and counters ---------------------------------------------------------
+
+
+class NftError(RuntimeError):
+    """nft is missing or refused a command; the message carries its stderr."""
+
+
+def _nft_binary() -> str:
+    # sudo's secure_path has /usr/sbin, but a plain root shell's PATH may not.
+    found = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin")
+    if found is None:
+        raise NftError("nft not found: install Debian's nftables package (scripts/setup does)")
+    return found
+
+
+def loss_ruleset(
+    interface: str,
+    percent: float = 100.0,
+    *,
+    direction: str = "both",
+    tcp_flags: str | None = None,
+    nth: int | None = None,
+) -> str:
+    """The nft ruleset behind `Lab.peer_loss()`, for the kernel's INTERFACE."""
+    hooks = {"in": ("input",), "out": ("output",), "both": ("input", "output")}
+    if direction not in hooks:
+        raise ValueError(f"direction must be 'in', 'out' or 'both', not {direction!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", interface):
+        raise ValueError(f"invalid interface name: {interface!r}")
+    match = []
+    if tcp_flags is not None:
+        wanted = [f.strip().lower() for f in tcp_flags.split(",")]
+        if not all(f in _TCP_FLAGS for f in wanted) or len(set(wanted)) != len(wanted):
+            raise ValueError(
+                f"tcp_flags must name distinct flags among {', '.join(_TCP_FLAGS)}: {tcp_flags!r}"
+            )
+        exact = " | ".join(f for f in _TCP_FLAGS if f in wanted)
+        match.append(f"tcp flags & ({' | '.join(_TCP_FLAGS)}) == {exact}")
+    if not (0.0 <= percent <= 100.0):
+        raise ValueError(f"percent must be in 0..100, not {percent!r}")
+    if nth is not None:
+        if percent != 100.0:
+            raise ValueError("nth drops its packet for certain: leave percent at 100")
+        if not 1 <= nth < _NTH_MODULUS:
+            raise ValueError(f"nth must be a positive packet number, not {nth!r}")
+        # numgen inc yields 0 for the first packet that reaches it, and only matching
+        # packets reach it, so this is the nth match and no other.
+        match.append(f"numgen inc mod {_NTH_MODULUS} == {nth - 1}")
+    elif percent < 100.0:
+        if percent == int(percent):
+            match.append(f"numgen random mod 100 < {int(percent)}")
+        else:
+            hundredths = round(percent * 100)
+            if hundredths == 0 or abs(hundredths - percent * 100) > 1e-6:
+                raise ValueError(f"percent resolution is 0.01, not {percent!r}")
+            match.append(f"numgen random mod 10000 < {hundredths}")
+    lines = [
+        # Add, delete and re-add in one transaction: replaces any earlier table atomically.
+        f"table inet {LOSS_TABLE}",
+        f"delete table inet {LOSS_TABLE}",
+        f"table inet {LOSS_TABLE} {{",
+        "    counter dropped { }",
+        # One chain behind both hooks, so a single numgen counts every matching packet.
+        "    chain lossy {",
+        f"        {' '.join([*match, 'counter name dropped drop'])}",
+        "    }",
+    ]
+    for hook in hooks[direction]:
+        side = "iifname" if hook == "input" else "oifname"
+        lines += [
+            f"    chain {hook} {{",
+            f"        type filter hook {hook} priority filter; policy accept;",
+            f'        {side} "{interface}" meta l4proto tcp jump lossy',
+            "    }",
+        ]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def read_nstat(namespace: str) -> dict[str, int]:
+    """/proc/net/snmp and /proc/net/netstat of NAMESPACE as {"TcpRetransSegs": n, ...}."""
+    texts = []
+    with netns.enter(namespace):
+        # /proc/self/net follows the thread group leader; thread-self follows setns.
+        for name in ("snmp", "netstat"):
+            with open(f"/proc/thread-self/net/{name}") as f:
+                texts.append(f.read())
+    counters: dict[str, int] = {}
+    for text in texts:
+        lines = text.splitlines()
+        # Each group is a header line of names and a line of values, same prefix.
+        for header, values in zip(lines[::2], lines[1::2], strict=False):
+            prefix, _, names = header.partition(":")
+            vprefix, _, numbers = values.partition(":")
+            if prefix != vprefix:
+                raise ValueError(f"unexpected counter layout in /proc: {header!r}")
+            for key, value in zip(names.split(), numbers.split(), strict=True):
+                counters[prefix + key] = int(value)
+    return counters
 
 
 # -- helpers -----------------------------------------------------------------------

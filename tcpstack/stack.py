@@ -28,6 +28,7 @@ from tcpstack import wire
 from tcpstack.config import TcpConfig
 from tcpstack.core.state import State
 from tcpstack.engine import Engine, Flow, Listener, Observer, with_link_mss
+from tcpstack.impair import ImpairedLink, Impairment
 from tcpstack.isn import IsnFunction
 from tcpstack.link import Link, PacketLink, TapLink, detect_kind
 
@@ -70,6 +71,10 @@ class Stack:
     ``netns`` names the network namespace where the interface lives; the stack
     opens it from there, and the rest of the program stays where it is.
     ``interface`` may also be an opened Link (see tcpstack.link), e.g. a MemoryLink.
+
+    ``impairment`` (an Impairment, or its text form such as "loss=5%,dup=2%,seed=1")
+    drops, duplicates, reorders, delays, corrupts or rate-limits frames in our own
+    link I/O, reproducibly for a given seed, to watch recovery at work.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class Stack:
         config: TcpConfig | None = None,
         isn: IsnFunction | None = None,
         create_tap: bool = False,
+        impairment: Impairment | str | None = None,
     ) -> None:
         ipaddress.IPv4Interface(address)  # fail early on a bad address
         opened: Link
@@ -97,6 +103,11 @@ class Stack:
                 opened = PacketLink(interface, netns)
             else:
                 raise ValueError(f"link must be 'auto', 'packet' or 'tap', not {link!r}")
+        if impairment is not None:
+            if isinstance(impairment, str):
+                impairment = Impairment.parse(impairment)
+            opened = ImpairedLink(opened, impairment)
+        self.impairment = impairment
         self.mac = wire.parse_mac(mac) if mac else _random_mac()
         self.link_kind = kind
         self.interface = opened.name
@@ -351,11 +362,11 @@ class Socket:
                 self._deadline(),
             )
             if listener.closed:
-                raise _oserror(errno.EBADF)
+                raise _oserror(errno.EINVAL if not self._closed else errno.EBADF)
             flow = listener.accept_queue.popleft()
             flow.listener = None
+            # Like CPython: the new socket takes the default timeout, not the listener's.
             child = Socket(self._stack, _flow=flow)
-            child._timeout = self._timeout if self._timeout != 0.0 else None
             return child, (flow.remote_ip, flow.conn.remote_port)
 
     def connect(self, address: Address) -> None:
@@ -380,6 +391,11 @@ class Socket:
                 if self._listener is not None:
                     raise _oserror(errno.EINVAL, "socket is listening")
                 flow = self._flow
+                if flow is not None and flow.conn.state is State.CLOSED and flow.error:
+                    # A refused or timed-out attempt: try again with a new SYN, as
+                    # Linux does when connect() is called again.
+                    flow = self._flow = None
+                    self._error_reported = False
                 if flow is None:
                     local_port = self._port or self._engine.ephemeral_port(remote_ip, port)
                     flow = self._engine.new_flow(remote_ip, port, local_port)
@@ -405,10 +421,15 @@ class Socket:
                     # Give up the attempt, as a kernel socket's connect timeout does.
                     flow.conn.abort(self._now())
                     self._engine.pump(flow, self._now())
+                    if not raise_errors:
+                        return errno.EWOULDBLOCK  # what CPython's connect_ex reports
                     raise
+                self._check_open()  # closed by another thread while we waited
                 if flow.error is not None:
                     self._error_reported = True
                     raise flow.error
+                if flow.conn.state is State.CLOSED:
+                    raise _oserror(errno.ECONNABORTED)
                 return 0
             except OSError as exc:
                 if raise_errors or exc.errno is None:
@@ -511,7 +532,8 @@ class Socket:
         flow = self._connected_flow()
         conn = flow.conn
         if self._shut_rd:
-            return None
+            # Linux still hands over what was queued before SHUT_RD, then EOF.
+            return flow if conn.readable > 0 else None
 
         def ready() -> bool:
             return (
@@ -523,7 +545,7 @@ class Socket:
             )
 
         self._wait(flow.cond, ready, self._deadline())
-        if conn.readable > 0 and not self._shut_rd:
+        if conn.readable > 0:
             return flow
         self._raise_pending_error(flow)
         if conn.state is State.CLOSED and not conn.eof and flow.error is None:
@@ -538,6 +560,11 @@ class Socket:
         if how not in (_socket.SHUT_RD, _socket.SHUT_WR, _socket.SHUT_RDWR):
             raise _oserror(errno.EINVAL)
         with self._engine.lock:
+            if self._listener is not None:
+                # Linux: SHUT_RD stops a listener (accept() then fails); SHUT_WR is a no-op.
+                if how != _socket.SHUT_WR:
+                    self._engine.close_listener(self._listener, self._now())
+                return
             flow = self._connected_flow()
             if flow.conn.state in (State.CLOSED,) and flow.error is None:
                 raise _oserror(errno.ENOTCONN)
@@ -571,7 +598,7 @@ class Socket:
                 if flow.conn.readable > 0:
                     flow.conn.abort(now)
                 else:
-                    flow.conn.shutdown(now)
+                    flow.conn.orphan(now)
                 self._engine.pump(flow, now)
             if self._owns_port and self._port is not None:
                 self._engine.bound_ports.discard(self._port)

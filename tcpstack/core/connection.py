@@ -4,21 +4,29 @@ Sans-I/O. Inputs are application calls, received segments and timer expiries, ea
 carrying ``now``; outputs are drained by the owner after every input:
 ``segments_to_send(now)``, ``next_event()`` and ``get_timer()``.
 
-Must not import scapy, socket, select, threading, time or random: the ISS comes in
-from the caller, time comes in as ``now``, and a misbehaving peer never makes this
-module raise (the segment is dropped or answered, and a counter names why).
-Exceptions are raised only for misuse of the API by the application.
+Must not import scapy, socket, select, threading, time or random: the ISS and the
+timestamp offset come in from the caller, time comes in as ``now``, and a
+misbehaving peer never makes this module raise (the segment is dropped or
+answered, and a counter names why). Exceptions are raised only for misuse of the
+API by the application.
+
+What it does, by RFC: event processing of RFC 9293 §3.10 in all eleven states;
+RFC 5961 challenge ACKs; RTO per RFC 6298; loss recovery with fast retransmit,
+NewReno (RFC 6582) and SACK-based recovery (RFC 6675) under Reno or CUBIC
+congestion control (RFC 5681, RFC 9438); window scaling, timestamps and PAWS
+(RFC 7323); SACK (RFC 2018); delayed ACKs, Nagle and silly-window avoidance
+(RFC 9293 §3.8.6, §3.7.4); zero-window probes and keep-alives (§3.8.6.1, §3.8.4).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from tcpstack.config import TcpConfig
-from tcpstack.core import seq
+from tcpstack.core import congestion, seq
 from tcpstack.core.events import (
     ConnectionClosed,
     ConnectionEstablished,
@@ -32,15 +40,32 @@ from tcpstack.core.events import (
     ReturnedToListen,
     StateChanged,
 )
+from tcpstack.core.reassembly import Reassembler
 from tcpstack.core.rtt import RttEstimator
+from tcpstack.core.rtxqueue import Rack, RetransmitQueue, Sent
 from tcpstack.core.segment import NO_OPTIONS, Flags, Options, Segment
 from tcpstack.core.state import State
 
 log = logging.getLogger("tcpstack.core")
 
-_MAX_WINDOW: Final = 0xFFFF
-_ACK = Flags.ACK
-_RST = Flags.RST
+_ACK: Final = Flags.ACK
+_RST: Final = Flags.RST
+_SYN_ONLY: Final = Flags.SYN
+_SYN_ACK: Final = Flags.SYN | Flags.ACK
+_MAX_FIELD: Final = 0xFFFF
+# Linux's tcp_min_snd_mss: a tiny announced MSS is raised to this (CVE-2019-11479).
+_MIN_SEND_MSS: Final = 48
+# RFC 5681 §3.2 / RFC 6675: three duplicate ACKs (or that much SACKed) mean a loss.
+_DUP_THRESH: Final = 3
+# RFC 6298 §5.7: after a SYN timed out, data starts with an RTO of at least 3 s.
+_RTO_AFTER_SYN_TIMEOUT: Final = 3.0
+# RFC 8985 §7.2: the tail loss probe timeout is 2*SRTT, plus the worst-case delayed
+# ACK when a single segment is in flight; Linux never goes below 10 ms.
+_TLP_MIN: Final = 0.01
+_WORST_CASE_DELACK: Final = 0.2
+# RFC 7323 §5.5: a TS.Recent idle for 24 days is invalid for PAWS.
+_PAWS_IDLE: Final = 24 * 24 * 3600.0
+_TS_OPTION_BYTES: Final = 12  # NOP, NOP, kind 8, length 10
 
 
 class _ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -72,6 +97,32 @@ def reset_for_unknown(seg: Segment) -> Segment | None:
     return Segment(seg.dst_port, seg.src_port, 0, seg.end_seq, _RST | _ACK, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class TcpInfo:
+    """A snapshot of one connection, in the spirit of Linux's TCP_INFO / `ss -ti`."""
+
+    state: State
+    snd_una: int
+    snd_nxt: int
+    snd_wnd: int
+    rcv_nxt: int
+    rcv_wnd: int
+    send_mss: int
+    snd_wscale: int
+    rcv_wscale: int
+    sack: bool
+    timestamps: bool
+    congestion: str
+    cwnd: int
+    ssthresh: int
+    in_flight: int
+    srtt: float | None
+    rttvar: float | None
+    rto: float
+    recovery: str
+    counters: dict[str, int]
+
+
 class TcpConnection:
     """A TCB plus the event processing of RFC 9293 §3.10."""
 
@@ -82,6 +133,7 @@ class TcpConnection:
         remote_port: int = 0,
         *,
         iss: int,
+        ts_offset: int = 0,
         name: str = "",
     ) -> None:
         self.config = config
@@ -89,13 +141,33 @@ class TcpConnection:
         self.remote_port = remote_port
         self.state = State.CLOSED
         self.passive = False
+        self.orphaned = False
         self.stats: Counter[str] = Counter()
         self._log = _ConnectionLog(log, {"conn": name or str(local_port)})
         self._name = name
         self._events: deque[Event] = deque()
 
-        # Send sequence space (RFC 9293 §3.3.1). _snd_buf holds the bytes from
-        # _buf_seq on: unacknowledged first, then not yet sent.
+        # Per-socket options (setsockopt), starting from the stack's configuration.
+        self.nodelay = not config.nagle
+        self.keepalive = config.keepalive
+        self.keepalive_idle = config.keepalive_idle
+        self.keepalive_interval = config.keepalive_interval
+        self.keepalive_probes = config.keepalive_probes
+
+        # Negotiated in the handshake (RFC 7323, RFC 2018).
+        self.snd_wscale = 0
+        self.rcv_wscale = 0
+        self.sack_ok = False
+        self.ts_ok = False
+        self._peer_syn_options = NO_OPTIONS
+        self._ts_offset = ts_offset & seq.MASK
+        self.ts_recent = 0
+        self._ts_recent_at = 0.0
+        self._last_ack_sent = 0
+
+        # Send sequence space (RFC 9293 §3.3.1). SND.NXT is the highest sequence
+        # number sent plus one; retransmissions never move it back. _snd_buf holds
+        # the bytes from _buf_seq on: unacknowledged first, then not yet sent.
         self.iss = iss & seq.MASK
         self.snd_una = self.iss
         self.snd_nxt = self.iss
@@ -110,27 +182,56 @@ class TcpConnection:
         self._fin_queued = False  # the application will send no more
         self._fin_seq: int | None = None  # sequence number our FIN occupies once sent
         self._syn_sent = False  # our SYN (or SYN-ACK) has been transmitted at least once
+        self._syn_timed_out = False
+        self._last_send = 0.0
+
+        # Loss recovery: every segment in flight has a record; lost ones go out again
+        # before any new data. RACK-TLP (RFC 8985) finds losses when SACK is in use;
+        # without SACK, three duplicate ACKs and NewReno partial ACKs do.
+        self.cc: congestion.CongestionControl = congestion.create(config.congestion, config.mss)
+        self._rtxq = RetransmitQueue()
+        self._rack = Rack()
+        self.recovery = "open"  # "open", "recovery" (fast) or "loss" (after an RTO)
+        self._recover = self.iss
+        self._force_rtx = False  # fast retransmit goes out whatever cwnd says
+        self._dupacks = 0
+        self._reno_sacked = 0  # NewReno: each duplicate ACK stands for a segment that left
+        self._reorder_at: float | None = None  # RACK reordering timer
+        self._tlp_at: float | None = None  # tail loss probe timer
+        self._tlp_due = False
+        self._tlp_armed = True  # one probe per flight, re-armed by an ACK that advances
+        self._retrans_stamp: int | None = None  # our TSval at the episode's first retransmission
 
         # Receive sequence space.
         self.irs = 0
         self.rcv_nxt = 0
         self._rcv_buf = bytearray()
+        self._ooo = Reassembler()
         self._fin_received = False
         self._rcv_adv_edge = 0  # right edge (RCV.NXT + RCV.WND) we last advertised
+        self._syn_window = 0  # the unscaled window our SYN or SYN-ACK offered
 
-        # Retransmission and timers: absolute deadlines, None when idle.
+        # Timers: absolute deadlines, None when idle.
         self.rtt = RttEstimator(
             initial=config.rto_initial, minimum=config.rto_min, maximum=config.rto_max
         )
-        self._rto_at: float | None = None
+        self._rto_at: float | None = None  # retransmission, or persist while probing
         self._time_wait_at: float | None = None
+        self._fin_wait_2_at: float | None = None  # orphans only
+        self._delack_at: float | None = None
+        self._keepalive_at: float | None = None
         self._retries = 0
-        self._retransmit_due = False
         self._rtt_seq: int | None = None  # sequence number being timed (Karn: one at a time)
         self._rtt_sent_at = 0.0
-
-        self._ack_due = False
+        self._persisting = False
         self._probe_due = False
+        self._keepalive_sent = 0
+        self._keepalive_due = False
+
+        # ACK generation.
+        self._ack_due = False
+        self._unacked_bytes = 0
+        self._quick_acks = config.quick_acks
         self._control: list[Segment] = []  # RSTs and ACKs decided while processing input
 
     # ------------------------------------------------------------------ queries
@@ -140,8 +241,8 @@ class TcpConnection:
 
     @property
     def rcv_wnd(self) -> int:
-        """RCV.WND: free space in the receive buffer (never more than 16 bits, unscaled)."""
-        return min(self.config.receive_buffer - len(self._rcv_buf), _MAX_WINDOW)
+        """Free space in the receive buffer: what RCV.WND could be advertised as."""
+        return max(self.config.receive_buffer - len(self._rcv_buf), 0)
 
     @property
     def readable(self) -> int:
@@ -156,7 +257,7 @@ class TcpConnection:
     @property
     def send_space(self) -> int:
         """Bytes send() would accept now."""
-        return max(self.config.send_buffer - self.unsent - self.in_flight, 0)
+        return max(self.config.send_buffer - (len(self._snd_buf) - self._snd_off), 0)
 
     @property
     def in_flight(self) -> int:
@@ -177,16 +278,53 @@ class TcpConnection:
         """Effective send MSS: the peer's announcement, capped by ours (RFC 9293 §3.7.1)."""
         return min(self.peer_mss, self.config.mss)
 
+    @property
+    def ooo_segments(self) -> int:
+        """Out-of-order blocks waiting for a hole to fill."""
+        return len(self._ooo)
+
+    def info(self) -> TcpInfo:
+        return TcpInfo(
+            state=self.state,
+            snd_una=self.snd_una,
+            snd_nxt=self.snd_nxt,
+            snd_wnd=self.snd_wnd,
+            rcv_nxt=self.rcv_nxt,
+            rcv_wnd=max(seq.sub(self._rcv_adv_edge, self.rcv_nxt), 0),
+            send_mss=self.send_mss,
+            snd_wscale=self.snd_wscale,
+            rcv_wscale=self.rcv_wscale,
+            sack=self.sack_ok,
+            timestamps=self.ts_ok,
+            congestion=self.cc.name,
+            cwnd=self.cc.cwnd,
+            ssthresh=self.cc.ssthresh,
+            in_flight=seq.sub(self.snd_nxt, self.snd_una),
+            srtt=self.rtt.srtt,
+            rttvar=self.rtt.rttvar,
+            rto=self.rtt.rto,
+            recovery=self.recovery,
+            counters=dict(self.stats),
+        )
+
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
 
     def get_timer(self) -> float | None:
         """The earliest absolute time at which handle_timer() must be called, or None."""
-        if self._rto_at is None:
-            return self._time_wait_at
-        if self._time_wait_at is None:
-            return self._rto_at
-        return min(self._rto_at, self._time_wait_at)
+        earliest: float | None = None
+        for t in (
+            self._rto_at,
+            self._time_wait_at,
+            self._fin_wait_2_at,
+            self._delack_at,
+            self._keepalive_at,
+            self._reorder_at,
+            self._tlp_at,
+        ):
+            if t is not None and (earliest is None or t < earliest):
+                earliest = t
+        return earliest
 
     # ------------------------------------------------------------ application
 
@@ -205,6 +343,17 @@ class TcpConnection:
             raise InvalidStateError("open_passive", self.state)
         self.passive = True
         self._set_state(State.LISTEN, "listen()")
+
+    def set_congestion(self, name: str) -> None:
+        """TCP_CONGESTION: choose the algorithm (before data flows, like Linux)."""
+        self.cc = congestion.create(
+            name, self.send_mss if self.state.is_synchronized else self.config.mss
+        )
+
+    def set_keepalive(self, enabled: bool, now: float) -> None:
+        self.keepalive = enabled
+        self._keepalive_sent = 0
+        self._rearm_keepalive(now)
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         """Queue up to send_space bytes; returns how many were taken (maybe 0)."""
@@ -261,6 +410,17 @@ class TcpConnection:
                 # FIN-WAIT-*, CLOSING, LAST-ACK, TIME-WAIT, CLOSED: already closing.
                 pass
 
+    def orphan(self, now: float) -> None:
+        """The application closed its socket: nobody will read or write again.
+
+        Like Linux: data that still arrives is answered with RST (TCPAbortOnData,
+        RFC 2525 §2.17), and FIN-WAIT-2 lasts at most `fin_timeout` (tcp_fin_timeout).
+        """
+        self.orphaned = True
+        self.shutdown(now)
+        if self.state is State.FIN_WAIT_2:
+            self._fin_wait_2_at = now + self.config.fin_timeout
+
     def abort(self, now: float) -> None:
         """ABORT (RFC 9293 §3.10.5): send <SEQ=SND.NXT><CTL=RST> if synchronized, then CLOSED."""
         if self.state in (
@@ -285,6 +445,29 @@ class TcpConnection:
             self._enter_closed("2MSL timer")
             self._events.append(ConnectionClosed())
             return
+        if self._fin_wait_2_at is not None and now >= self._fin_wait_2_at:
+            # An orphan waited fin_timeout for the peer's FIN: give up quietly, as
+            # Linux does (no RST).
+            self._enter_closed("FIN-WAIT-2 timeout")
+            self._events.append(ConnectionClosed())
+            return
+        if self._delack_at is not None and now >= self._delack_at:
+            self._delack_at = None
+            self._ack_due = True
+        if self._keepalive_at is not None and now >= self._keepalive_at:
+            self._on_keepalive_timer(now)
+            if self.state is State.CLOSED:
+                return
+        if self._reorder_at is not None and now >= self._reorder_at:
+            self._reorder_at = None
+            self._detect_loss(now)
+        if self._tlp_at is not None and now >= self._tlp_at:
+            # RFC 8985 §7.3: probe the tail so a lost last segment brings SACKs back
+            # (and fast recovery) instead of waiting for the RTO.
+            self._tlp_at = None
+            self._tlp_due = True
+            self._tlp_armed = False
+            self.stats["tail_loss_probes"] += 1
         if self._rto_at is not None and now >= self._rto_at:
             self._on_retransmission_timeout(now)
 
@@ -302,13 +485,69 @@ class TcpConnection:
             return
         self.rtt.back_off()
         self._rto_at = now + self.rtt.rto
-        if self.state.is_synchronized and self.snd_una == self.snd_nxt:
-            # Persist timer: nothing in flight, data waits for a window (no retry count).
+        self._rtt_seq = None  # Karn's rule: never time a retransmitted segment
+        if not self.state.is_synchronized or seq.le(self.snd_una, self.iss):
+            # Our SYN (or SYN-ACK) is unacknowledged: send it again. A FIN queued
+            # behind it, after a close() in SYN-RECEIVED, goes again with it.
+            self._retries += 1
+            self._syn_timed_out = True
+            self._syn_sent = False
+            self.stats["retransmissions"] += 1
+            self._rtxq.mark_all_lost()
+            return
+        if self._persisting:
+            # Persist timer (RFC 9293 §3.8.6.1): probe the closed window. Unanswered
+            # probes count towards the limit; answered ones reset it (_on_ack).
             self._probe_due = True
+            if self.snd_una != self.snd_nxt:
+                self._retries += 1
+            self.stats["persist_timeouts"] += 1
+            return
+        if self.snd_una == self.snd_nxt:
+            self._rto_at = None  # nothing outstanding after all
             return
         self._retries += 1
-        self._rtt_seq = None  # Karn's rule: never time a retransmitted segment
-        self._retransmit_due = True
+        # RFC 5681 §3.1 / RFC 6298 §5.5: the loss window, then slow start back up,
+        # with everything not SACKed deemed lost (RFC 8985 §6.3).
+        self.cc.on_timeout(now, self._rtxq.outstanding)
+        head = self._rtxq.head
+        if head is not None and head.sacked:
+            # SND.UNA sits on data the receiver SACKed: it reneged (RFC 2018 §8),
+            # so nothing it reported can be trusted any more.
+            self.stats["sack_reneging"] += 1
+            self._rtxq.clear_sacked()
+        self._rtxq.mark_all_lost()
+        self.recovery = "loss"
+        self._recover = self.snd_nxt
+        self._dupacks = 0
+        self._reno_sacked = 0
+        self._reorder_at = None
+        self._tlp_at = None
+
+    def _on_keepalive_timer(self, now: float) -> None:
+        self._keepalive_at = None
+        if not self._keepalive_applies() or self.snd_una != self.snd_nxt:
+            # Data in flight: the retransmission timer watches the peer instead.
+            self._rearm_keepalive(now)
+            return
+        if self._keepalive_sent >= self.keepalive_probes:
+            # RFC 9293 §3.8.4: the peer stopped answering; Linux reports ETIMEDOUT.
+            self._enter_closed("keep-alive timeout")
+            self._events.append(ConnectionTimedOut())
+            return
+        self._keepalive_sent += 1
+        self._keepalive_due = True
+        self.stats["keepalive_probes"] += 1
+        self._keepalive_at = now + self.keepalive_interval
+
+    def _keepalive_applies(self) -> bool:
+        return self.keepalive and self.state in (State.ESTABLISHED, State.CLOSE_WAIT)
+
+    def _rearm_keepalive(self, now: float) -> None:
+        if self._keepalive_applies():
+            self._keepalive_at = now + self.keepalive_idle
+        else:
+            self._keepalive_at = None
 
     # ---------------------------------------------------------------- segments
 
@@ -334,7 +573,8 @@ class TcpConnection:
             self.stats["drop_listen_rst"] += 1
             return
         if seg.has_ack:
-            self._control.append(self._make(seg.ack, 0, _RST))
+            # <SEQ=SEG.ACK><CTL=RST>, to the sender's port (we have no peer yet).
+            self._control.append(Segment(self.local_port, seg.src_port, seg.ack, 0, _RST, 0))
             self.stats["resets_sent"] += 1
             return
         if not seg.syn:
@@ -343,7 +583,8 @@ class TcpConnection:
         # Policy: data or FIN on a SYN is not queued (we ACK only the SYN, and the
         # peer retransmits the data), which §3.10.7.2 allows.
         self.remote_port = seg.src_port
-        self._take_syn(seg)
+        self._take_syn(seg, now)
+        self._negotiate(seg.options)
         self.snd_nxt = seq.add(self.iss, 1)
         self._set_state(State.SYN_RECEIVED, seg)
 
@@ -369,15 +610,14 @@ class TcpConnection:
         if not seg.syn:
             self.stats["drop_syn_sent_no_syn"] += 1
             return
-        self._take_syn(seg)
+        self._take_syn(seg, now)
+        self._negotiate(seg.options)
         if ack_ok:
-            self._advance_una(seg.ack, now)
+            self._advance_una(seg, now)
         if seq.gt(self.snd_una, self.iss):
             # Our SYN is acknowledged: ESTABLISHED, and ACK their SYN.
             self._update_window(seg)
-            self._retries = 0
-            self._set_state(State.ESTABLISHED, seg)
-            self._events.append(ConnectionEstablished())
+            self._established(seg, now)
             self._ack_due = True
             if seg.payload or seg.fin:
                 # §3.10.7.3: continue with the sixth step; the text starts after the SYN.
@@ -388,16 +628,47 @@ class TcpConnection:
             self._rtt_seq = None  # the SYN-ACK repeats our SYN: Karn's rule applies
             self._set_state(State.SYN_RECEIVED, seg)
 
-    def _take_syn(self, seg: Segment) -> None:
+    def _take_syn(self, seg: Segment, now: float) -> None:
         self.irs = seg.seq
         self.rcv_nxt = seq.add(seg.seq, 1)
-        self._rcv_adv_edge = self.rcv_nxt
-        if seg.options.mss is not None and seg.options.mss > 0:
-            self.peer_mss = seg.options.mss
-        # SND.WND from a SYN is never scaled; the ACK processing sets WL1/WL2 later.
+        # Active open: the window our SYN offered now starts at RCV.NXT.
+        self._rcv_adv_edge = seq.add(self.rcv_nxt, self._syn_window)
+        self._peer_syn_options = seg.options
+        if seg.options.mss is not None:
+            # Linux clamps a tiny MSS to tcp_min_snd_mss (48) since CVE-2019-11479:
+            # an MSS of 1 would make us cut 64 KB into 65,535 segments.
+            self.peer_mss = max(seg.options.mss, _MIN_SEND_MSS)
+        # SND.WND from a SYN is never scaled (RFC 7323 §2.2).
         self.snd_wnd = seg.window
         self.snd_wl1 = seg.seq
         self.max_snd_wnd = max(self.max_snd_wnd, seg.window)
+        if seg.options.timestamps is not None:
+            self.ts_recent = seg.options.timestamps[0]
+            self._ts_recent_at = now
+
+    def _negotiate(self, peer: Options) -> None:
+        """Options in force once the SYNs crossed: each needs both sides' consent
+        (RFC 7323 §2.2, §3.2; RFC 2018 §2). A SYN-ACK answers only what was offered."""
+        config = self.config
+        if config.window_scaling and peer.wscale is not None:
+            # RFC 7323 §2.3: a shift above 14 is treated as 14.
+            self.snd_wscale = min(peer.wscale, 14)
+            self.rcv_wscale = config.window_shift
+        self.sack_ok = config.sack and peer.sack_permitted
+        self.ts_ok = config.timestamps and peer.timestamps is not None
+        self.cc = congestion.create(
+            self.cc.name, self.send_mss - (_TS_OPTION_BYTES if self.ts_ok else 0)
+        )
+
+    def _established(self, cause: Segment, now: float) -> None:
+        self._retries = 0
+        if self._syn_timed_out and self.rtt.srtt is None:
+            self.rtt.rto = max(self.rtt.rto, _RTO_AFTER_SYN_TIMEOUT)
+        else:
+            self.rtt.reset_backoff()
+        self._set_state(State.ESTABLISHED, cause)
+        self._events.append(ConnectionEstablished())
+        self._rearm_keepalive(now)
 
     def _on_synchronized(self, seg: Segment, now: float) -> None:
         """RFC 9293 §3.10.7.4, for SYN-RECEIVED and every later state."""
@@ -406,7 +677,7 @@ class TcpConnection:
         # lost; answer it with the SYN-ACK again rather than a bare ACK that the
         # peer in SYN-SENT would drop (§3.10.7.3, "neither SYN nor RST").
         if state is State.SYN_RECEIVED and seg.syn and not seg.has_ack and seg.seq == self.irs:
-            self._retransmit_due = True
+            self._syn_sent = False
             self.stats["syn_retransmits_seen"] += 1
             return
 
@@ -423,6 +694,19 @@ class TcpConnection:
             # through as an ACK; we strip the old SYN and do the same.
             seg = replace(seg, seq=seq.add(seg.seq, 1), flags=seg.flags & ~Flags.SYN)
 
+        ts = seg.options.timestamps if self.ts_ok else None
+        # RFC 7323 §5.3 R1, PAWS: an older timestamp marks an old duplicate.
+        if (
+            ts is not None
+            and not seg.rst
+            and seq.lt(ts[0], self.ts_recent)
+            and now - self._ts_recent_at < _PAWS_IDLE
+            and not self._disordered_ack(seg, ts[0])
+        ):
+            self.stats["drop_paws"] += 1
+            self._ack_due = True
+            return
+
         # First: sequence number check.
         if not self._acceptable(seg):
             if state is State.TIME_WAIT and seg.fin and not seg.rst and seg.end_seq == self.rcv_nxt:
@@ -434,6 +718,16 @@ class TcpConnection:
                 self._ack_due = True
             self.stats["drop_unacceptable"] += 1
             return
+
+        # RFC 7323 §4.3 R3: remember the timestamp to echo, from the segment that
+        # covers the left edge of what we last acknowledged.
+        if (
+            ts is not None
+            and seq.ge(ts[0], self.ts_recent)
+            and seq.le(seg.seq, self._last_ack_sent)
+        ):
+            self.ts_recent = ts[0]
+            self._ts_recent_at = now
 
         # Second: RST. RFC 9293 includes RFC 5961 §3.2: reset only on an exact match.
         if seg.rst:
@@ -454,16 +748,33 @@ class TcpConnection:
             return
         if not self._on_ack(seg, now):
             return
+        if self._keepalive_at is not None:
+            self._keepalive_sent = 0
+            self._rearm_keepalive(now)
 
         # Sixth (URG) is not supported: urgent data is delivered inline.
         # Seventh and eighth: text and FIN.
         if self.state.is_synchronized:
             self._accept_text(seg, seg.seq, now)
 
+    def _disordered_ack(self, seg: Segment, tsval: int) -> bool:
+        """A pure duplicate ACK that was merely reordered: exempt from PAWS, as in
+        Linux's tcp_disordered_ack(), so the SACK blocks it carries are not lost."""
+        return (
+            seg.has_ack
+            and not seg.payload
+            and not seg.syn
+            and not seg.fin
+            and seg.seq == self.rcv_nxt
+            and seg.ack == self.snd_una
+            and seg.window << self.snd_wscale == self.snd_wnd
+            and seq.sub(self.ts_recent, tsval) <= self.rtt.rto * 1000
+        )
+
     def _acceptable(self, seg: Segment) -> bool:
         """The four cases of the acceptability test (§3.10.7.4, first check)."""
         length = seg.seg_len
-        wnd = self._rcv_window_for_check()
+        wnd = max(seq.sub(self._rcv_adv_edge, self.rcv_nxt), 0)
         if length == 0:
             if wnd == 0:
                 return seg.seq == self.rcv_nxt
@@ -476,12 +787,6 @@ class TcpConnection:
         return seq.in_window(seg.seq, self.rcv_nxt, wnd) or seq.in_window(
             seq.add(seg.seq, length - 1), self.rcv_nxt, wnd
         )
-
-    def _rcv_window_for_check(self) -> int:
-        # Accept what fits the larger of the current free space and what we last
-        # advertised, so a window we offered is honoured even if we could not
-        # shrink it (we never shrink, RFC 9293 §3.8.6.2.2 SHLD-14).
-        return max(self.rcv_wnd, seq.sub(self._rcv_adv_edge, self.rcv_nxt), 0)
 
     def _on_rst(self, seg: Segment, now: float) -> None:
         if seg.seq != self.rcv_nxt:
@@ -496,8 +801,9 @@ class TcpConnection:
                     self._enter_closed(seg)
                     self._events.append(ConnectionRefused())
             case State.ESTABLISHED | State.FIN_WAIT_1 | State.FIN_WAIT_2 | State.CLOSE_WAIT:
+                state = self.state
                 self._enter_closed(seg)
-                self._events.append(ConnectionReset())
+                self._events.append(ConnectionReset(state))
             case _:
                 # CLOSING, LAST-ACK, TIME-WAIT: enter CLOSED. In TIME-WAIT this is the
                 # RFC text and Linux's default (tcp_rfc1337 = 0), not RFC 1337's choice.
@@ -510,7 +816,6 @@ class TcpConnection:
         self._snd_off = 0
         self._control.clear()
         self._ack_due = False
-        self._retransmit_due = False
         self.remote_port = 0
         self._syn_sent = False
         self._set_state(State.LISTEN, cause)
@@ -525,12 +830,11 @@ class TcpConnection:
         ack = seg.ack
         if self.state is State.SYN_RECEIVED:
             if seq.lt(self.snd_una, ack) and seq.le(ack, self.snd_nxt):
-                self._set_state(State.ESTABLISHED, seg)
-                self._events.append(ConnectionEstablished())
-                self.snd_wnd = seg.window
+                self._established(seg, now)
+                self.snd_wnd = seg.window << self.snd_wscale
                 self.snd_wl1 = seg.seq
                 self.snd_wl2 = ack
-                self._retries = 0
+                self.max_snd_wnd = max(self.max_snd_wnd, self.snd_wnd)
                 if self._fin_queued:
                     # A close() made in SYN-RECEIVED takes effect now (§3.10.4).
                     self._set_state(State.FIN_WAIT_1, "queued close()")
@@ -551,11 +855,35 @@ class TcpConnection:
             self.stats["drop_ack_too_old"] += 1
             return False
 
+        window = seg.window << self.snd_wscale
+        delivered: list[Sent] = []
         if seq.gt(ack, self.snd_una):
-            self._advance_una(ack, now)
-        elif ack == self.snd_una and not seg.payload and not seg.fin and self.in_flight:
+            delivered = self._advance_una(seg, now)
+        newly_sacked = 0
+        if self.sack_ok and seg.options.sack_blocks:
+            self.stats["sack_blocks_received"] += len(seg.options.sack_blocks)
+            sacked = self._rtxq.sack(self.snd_una, seg.options.sack_blocks)
+            newly_sacked = len(sacked)
+            delivered += sacked
+        if delivered:
+            self._rack.update(delivered, now, self.rtt.srtt)
+        if (
+            not delivered
+            and ack == self.snd_una
+            and seq.sub(self.snd_nxt, self.snd_una) > 0
+            and not seg.payload
+            and not seg.fin
+            and (window == self.snd_wnd or newly_sacked)
+        ):
+            # A duplicate ACK (RFC 5681 §2), or one that brings new SACK information.
+            self._dupacks += 1
             self.stats["duplicate_acks"] += 1
-            if seg.window == 0:
+            if not self.sack_ok:
+                # Each duplicate ACK means a segment left the network (RFC 5681
+                # §3.2); counting it lets limited transmit (RFC 3042) and fast
+                # recovery send while the hole is being filled.
+                self._reno_sacked = min(self._reno_sacked + self.send_mss, self._rtxq.outstanding)
+            if window == 0 and self._persisting:
                 # The peer answered a zero-window probe: it is alive, so probing goes
                 # on without counting towards the give-up limit (RFC 9293 §3.8.6.1).
                 self._retries = 0
@@ -565,9 +893,13 @@ class TcpConnection:
         ):
             self._update_window(seg)
 
+        self._detect_loss(now)
+
         match self.state:
             case State.FIN_WAIT_1 if self.fin_acknowledged:
                 self._set_state(State.FIN_WAIT_2, seg)
+                if self.orphaned:
+                    self._fin_wait_2_at = now + self.config.fin_timeout
             case State.CLOSING if self.fin_acknowledged:
                 self._enter_time_wait(seg, now)
             case State.LAST_ACK if self.fin_acknowledged:
@@ -577,15 +909,33 @@ class TcpConnection:
         return True
 
     def _update_window(self, seg: Segment) -> None:
-        self.snd_wnd = seg.window
+        # A SYN's window is never scaled; every later one is (RFC 7323 §2.2).
+        window = seg.window if seg.syn else seg.window << self.snd_wscale
+        grew = window > self.snd_wnd
+        self.snd_wnd = window
         self.snd_wl1 = seg.seq
         self.snd_wl2 = seg.ack
-        self.max_snd_wnd = max(self.max_snd_wnd, seg.window)
+        self.max_snd_wnd = max(self.max_snd_wnd, window)
+        if grew and self._persisting:
+            self._leave_persist()
 
-    def _advance_una(self, ack: int, now: float) -> None:
-        """SND.UNA < SEG.ACK =< SND.NXT: drop acknowledged bytes, time the RTT, rearm the RTO."""
+    def _leave_persist(self) -> None:
+        """The window reopened: resend any probe bytes the peer dropped, at once."""
+        self._persisting = False
+        self._probe_due = False
+        self.rtt.reset_backoff()
+        # Linux drops data sent into a zero window (TCPZeroWindowDrop), so the
+        # probe bytes beyond SND.UNA are retransmitted now, not after an RTO.
+        self._rtxq.mark_all_lost()
+        self._rto_at = None
+
+    def _advance_una(self, seg: Segment, now: float) -> list[Sent]:
+        """SND.UNA < SEG.ACK =< SND.NXT: drop acknowledged bytes, measure, rearm the RTO.
+
+        Returns the records this ACK delivered (for RACK)."""
+        ack = seg.ack
+        acked = seq.sub(ack, self.snd_una)
         data_end = self._data_nxt()
-        acked_data = 0
         if seq.gt(ack, self._buf_seq):
             acked_data = min(seq.sub(ack, self._buf_seq), seq.sub(data_end, self._buf_seq))
             if acked_data > 0:
@@ -595,62 +945,190 @@ class TcpConnection:
                     del self._snd_buf[: self._snd_off]
                     self._snd_off = 0
                 self._events.append(DataAcknowledged(acked_data))
+                self.stats["bytes_acked"] += acked_data
         self.snd_una = ack
-        if self._rtt_seq is not None and seq.ge(ack, self._rtt_seq):
-            self.rtt.sample(now - self._rtt_sent_at)
-            self._rtt_seq = None
+        delivered = self._rtxq.acknowledge(ack)
+        self._measure_rtt(seg, now)
         self._retries = 0
-        self.rtt.reset_backoff()
-        self._retransmit_due = False
+        self._dupacks = 0
+        self._tlp_armed = True
+        if self.state.is_synchronized:
+            ts = seg.options.timestamps if self.ts_ok else None
+            self._on_new_ack(acked, now, ts[1] if ts else None)
         # RFC 6298 §5.2/§5.3: stop the timer when all is acknowledged, else restart it.
         if self.snd_una == self.snd_nxt:
             self._rto_at = None
-        else:
+            self._tlp_at = None
+            self._reorder_at = None
+        elif not self._persisting:
             self._rto_at = now + self.rtt.rto
+            self._arm_tlp(now)
+        return delivered
+
+    def _measure_rtt(self, seg: Segment, now: float) -> None:
+        ts = seg.options.timestamps if self.ts_ok else None
+        if ts is not None and ts[1] != 0:
+            # RFC 7323 §4.1: the echoed timestamp times this very transmission, so
+            # retransmissions can be measured too (Karn's rule does not apply).
+            elapsed_ms = seq.sub(self._ts_value(now), ts[1])
+            if 0 <= elapsed_ms < 3_600_000:
+                self.rtt.sample(elapsed_ms / 1000)
+                self._rtt_seq = None
+                return
+        if self._rtt_seq is not None and seq.ge(seg.ack, self._rtt_seq):
+            # A fresh measurement: RFC 6298 §5 lets the backed-off RTO collapse
+            # only now, never on the ACK of a retransmission (Karn).
+            self.rtt.sample(now - self._rtt_sent_at)
+            self._rtt_seq = None
+
+    def _on_new_ack(self, acked: int, now: float, tsecr: int | None) -> None:
+        """Congestion control and recovery bookkeeping for an ACK that moved SND.UNA."""
+        if (
+            self.recovery != "open"
+            and self._retrans_stamp is not None
+            and tsecr is not None
+            and seq.lt(tsecr, self._retrans_stamp)
+        ):
+            # Eifel detection (RFC 3522): this ACK echoes a transmission older than
+            # our first retransmission, so the original arrived (late, reordered)
+            # and the retransmissions were spurious. Undo the reduction, as Linux's
+            # tcp_try_undo_recovery() does, and allow more reordering from now on.
+            self.stats["spurious_recoveries_undone"] += 1
+            self.cc.undo()
+            self._rack.reo_wnd_mult = min(self._rack.reo_wnd_mult + 1, 16)
+            self.recovery = "open"
+            self._retrans_stamp = None
+            self._reno_sacked = 0
+            for record in self._rtxq.unsacked():
+                if record.lost:
+                    self._rtxq.retransmitted(record, record.xmit_time)
+            return
+        if self.recovery == "open":
+            self._retrans_stamp = None
+            self._reno_sacked = 0
+            self.cc.on_ack(acked, now, self.rtt.srtt)
+            return
+        self._reno_sacked = max(self._reno_sacked - acked, 0)
+        if seq.ge(self.snd_una, self._recover):
+            # Full ACK: recovery is over (RFC 6582 §3.2 step 3, RFC 6675 §5).
+            if self.recovery == "recovery":
+                self.cc.on_recovery_end()
+            self.recovery = "open"
+            self._reno_sacked = 0
+            self._retrans_stamp = None
+            return
+        if self.recovery == "loss":
+            # After an RTO the window grows in slow start as retransmissions are ACKed.
+            self.cc.on_ack(acked, now, self.rtt.srtt)
+        if not self.sack_ok:
+            # NewReno partial ACK (RFC 6582 §3.2 step 4): the next segment is lost too.
+            head = self._rtxq.head
+            if head is not None and not head.lost:
+                self._rtxq.mark_lost(head)
+                self._force_rtx = True
+
+    def _detect_loss(self, now: float) -> None:
+        """Find lost segments: RACK with SACK (RFC 8985 §6.2), duplicate ACKs without
+        (RFC 5681 §3.2); enter fast recovery on the first loss."""
+        if not self._rtxq.outstanding:
+            return
+        lost: list[Sent] = []
+        if self.sack_ok:
+            lost, self._reorder_at = self._rack.detect(self._rtxq, now, self.rtt.srtt)
+        elif self._dupacks >= _DUP_THRESH and self.recovery == "open":
+            head = self._rtxq.head
+            if head is not None:
+                self._rtxq.mark_lost(head)
+                lost.append(head)
+        if not lost:
+            return
+        self.stats["segments_marked_lost"] += len(lost)
+        if self.recovery == "open":
+            self.stats["fast_retransmits"] += 1
+            self.cc.on_congestion(now, self._rtxq.outstanding)
+            self.recovery = "recovery"
+            self._recover = self.snd_nxt
+            self._force_rtx = True
+            self._tlp_at = None
 
     def _accept_text(self, seg: Segment, start: int, now: float) -> None:
-        """Seventh and eighth steps: queue in-order text, then process FIN."""
+        """Seventh and eighth steps: queue text in order or out of order, then FIN."""
         payload = seg.payload
         fin = seg.fin
-        if payload:
+        skip = seq.sub(self.rcv_nxt, start)
+        if skip > 0:
             # Trim what we already have (a retransmission overlapping RCV.NXT).
-            skip = seq.sub(self.rcv_nxt, start)
-            if skip > 0:
-                payload = payload[skip:]
-                start = self.rcv_nxt
+            if skip > len(payload):
+                return  # a duplicate of data and FIN we already processed
+            payload = payload[skip:]
+            start = self.rcv_nxt
+        if payload:
             if not self.state.can_receive:
                 # CLOSE-WAIT, CLOSING, LAST-ACK, TIME-WAIT: the peer already sent FIN.
                 self.stats["drop_data_after_fin"] += 1
-                payload = b""
-        if start != self.rcv_nxt:
-            # Out of order. Reassembly arrives with the loss-recovery work; for now
-            # drop and send an immediate duplicate ACK (RFC 5681 §4.2) so the peer
-            # retransmits quickly.
-            if payload or fin:
-                self.stats["drop_out_of_order"] += 1
-                self._ack_due = True
-            return
-        if payload:
-            room = self.rcv_wnd
+                return
+            if self.orphaned:
+                # New data for a socket nobody will read: reset (Linux TCPAbortOnData).
+                self.stats["abort_on_data"] += 1
+                self.abort(now)
+                return
+            # Keep what fits in the window we advertised (never shrunk, §3.8.6.2.2).
+            room = max(seq.sub(self._rcv_adv_edge, start), 0)
             if len(payload) > room:
                 payload = payload[:room]
                 fin = False  # the FIN lies beyond what we keep
                 self.stats["trimmed_to_window"] += 1
-            if payload:
-                self._rcv_buf += payload
-                self.rcv_nxt = seq.add(self.rcv_nxt, len(payload))
-                self._events.append(DataReceived(len(payload)))
-            self._ack_due = True
-        if fin and self.state in (
-            State.ESTABLISHED,
-            State.FIN_WAIT_1,
-            State.FIN_WAIT_2,
-        ):
+                self._ack_due = True  # tell the sender where our window really ends
+        if start != self.rcv_nxt:
+            if payload or fin:
+                # Out of order: hold it (RFC 9293 §3.10.7.4 allows queuing in-window
+                # segments) and tell the peer at once, with SACK blocks if agreed.
+                self._ooo.add(self.rcv_nxt, start, payload, fin=fin)
+                self.stats["ooo_segments_queued"] += 1
+                self._ack_due = True
+            return
+        if payload:
+            self._rcv_buf += payload
+            self.rcv_nxt = seq.add(self.rcv_nxt, len(payload))
+            self.stats["bytes_received"] += len(payload)
+            filled = False
+            ready = b""
+            if self._ooo:
+                ready = self._ooo.pop_ready(self.rcv_nxt)
+                if ready:
+                    self._rcv_buf += ready
+                    self.rcv_nxt = seq.add(self.rcv_nxt, len(ready))
+                    self.stats["bytes_received"] += len(ready)
+                    filled = True
+                if self._ooo.fin is not None and self._ooo.fin == self.rcv_nxt:
+                    fin = True
+            self._events.append(DataReceived(len(payload) + (len(ready) if filled else 0)))
+            self._ack_policy(len(payload), immediate=filled, now=now)
+        if fin and self.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
+            self._ooo.clear()
             self._on_fin(seg, now)
+
+    def _ack_policy(self, received: int, *, immediate: bool, now: float) -> None:
+        """RFC 9293 §3.8.6.3 / RFC 5681 §4.2: ACK every second full segment, else
+        within the delayed-ACK time; at once while in quick-ACK mode or a hole filled."""
+        self._unacked_bytes += received
+        if (
+            immediate
+            or self.config.delayed_ack <= 0
+            or self._quick_acks > 0
+            or self._unacked_bytes >= 2 * self.config.mss
+        ):
+            if self._quick_acks > 0:
+                self._quick_acks -= 1
+            self._ack_due = True
+        elif self._delack_at is None:
+            self._delack_at = now + self.config.delayed_ack
 
     def _on_fin(self, seg: Segment, now: float) -> None:
         """Eighth step: the FIN is in order."""
         self.rcv_nxt = seq.add(self.rcv_nxt, 1)
+        # The FIN takes a sequence number but no buffer space: the edge moves with it.
+        self._rcv_adv_edge = seq.add(self._rcv_adv_edge, 1)
         self._fin_received = True
         self._ack_due = True
         self._events.append(EofReceived())
@@ -670,32 +1148,48 @@ class TcpConnection:
 
     def _enter_time_wait(self, cause: Segment | str, now: float) -> None:
         self._set_state(State.TIME_WAIT, cause)
-        self._rto_at = None
-        self._retransmit_due = False
+        self._clear_timers()
         self._time_wait_at = now + 2 * self.config.msl
 
     def _enter_closed(self, cause: Segment | str) -> None:
         self._clear_timers()
-        self._retransmit_due = False
         self._set_state(State.CLOSED, cause)
 
     def _clear_timers(self) -> None:
+        self._reorder_at = None
+        self._tlp_at = None
+        self._tlp_due = False
         self._rto_at = None
         self._time_wait_at = None
+        self._fin_wait_2_at = None
+        self._delack_at = None
+        self._keepalive_at = None
         self._rtt_seq = None
+        self._persisting = False
+        self._probe_due = False
 
     def _window_opened(self) -> None:
-        # Tell the peer when reading freed a useful amount of space, so a sender
-        # that filled our window does not wait for its persist timer (RFC 9293
-        # §3.8.6.2.2: increase by at least min(buffer/2, MSS) — we use 2*MSS to
-        # keep ACK traffic down during bulk reads).
+        # A window update of its own only when it matters, as Linux decides
+        # (__tcp_cleanup_rbuf): the advertised window was at most half the buffer
+        # and would now at least double. Otherwise the next ACK carries it.
         if not self.state.can_receive:
             return
+        advertised = max(seq.sub(self._rcv_adv_edge, self.rcv_nxt), 0)
+        possible = seq.sub(self._receive_edge(), self.rcv_nxt)
+        if (
+            2 * advertised <= self.config.receive_buffer
+            and possible >= 2 * advertised
+            and (possible > advertised)
+        ):
+            self._ack_due = True
+
+    def _receive_edge(self) -> int:
+        """The right edge to advertise, with receiver-side SWS avoidance (§3.8.6.2.2)."""
         edge = seq.add(self.rcv_nxt, self.rcv_wnd)
         grown = seq.sub(edge, self._rcv_adv_edge)
-        threshold = min(self.config.receive_buffer // 2, 2 * self.config.mss)
-        if grown >= threshold:
-            self._ack_due = True
+        if grown < min(self.config.receive_buffer // 2, self.config.mss):
+            return self._rcv_adv_edge if seq.ge(self._rcv_adv_edge, self.rcv_nxt) else self.rcv_nxt
+        return edge
 
     # ----------------------------------------------------------------- output
 
@@ -709,60 +1203,57 @@ class TcpConnection:
             return out
 
         if state is State.SYN_SENT:
-            if not self._syn_sent or self._retransmit_due:
-                out.append(self._syn_segment(_SYN_ONLY, 0))
+            if not self._syn_sent:
+                out.append(self._syn_segment(_SYN_ONLY, 0, now))
                 self._after_syn(now)
-        elif state is State.SYN_RECEIVED:
-            if not self._syn_sent or self._retransmit_due:
-                out.append(self._syn_segment(_SYN_ACK, self.rcv_nxt))
+        elif state is State.SYN_RECEIVED or seq.le(self.snd_una, self.iss):
+            # SYN-RECEIVED, or closed from it before our SYN was acknowledged: the
+            # SYN-ACK is what needs (re)sending; a FIN follows it in the same burst.
+            if not self._syn_sent:
+                out.append(self._syn_segment(_SYN_ACK, self.rcv_nxt, now))
                 self._after_syn(now)
-        elif seq.le(self.snd_una, self.iss):
-            # Closed from SYN-RECEIVED before our SYN was acknowledged: the SYN-ACK
-            # is what needs (re)sending; the FIN follows it in the same burst.
-            if not self._syn_sent or self._retransmit_due:
-                out.append(self._syn_segment(_SYN_ACK, self.rcv_nxt))
-                self._after_syn(now)
-            self._transmit_new(out, now)
+            if state is not State.SYN_RECEIVED:
+                self._transmit(out, now)
         else:
-            if self._retransmit_due:
-                self._retransmit_due = False
-                retransmission = self._retransmission()
-                if retransmission is not None:
-                    out.append(retransmission)
-                    self.stats["retransmissions"] += 1
-            self._transmit_new(out, now)
+            self._transmit(out, now)
+            if self._keepalive_due:
+                # Linux's probe form: <SEQ=SND.UNA-1>, no data, which the peer must ACK.
+                out.append(self._make(seq.add(self.snd_una, -1), self.rcv_nxt, _ACK, now=now))
+                self._keepalive_due = False
 
-        if self._ack_due:
-            if state is not State.SYN_SENT:
-                out.append(self._make(self.snd_nxt, self.rcv_nxt, _ACK))
-            self._ack_due = False
-        if out:
-            self._rcv_adv_edge = seq.add(self.rcv_nxt, self.rcv_wnd)
+        if self._ack_due and state is not State.SYN_SENT:
+            out.append(self._make(self.snd_nxt, self.rcv_nxt, _ACK, now=now))
         self.stats["segments_out"] += len(out)
         return out
 
     def _after_syn(self, now: float) -> None:
-        if self._syn_sent:
-            self.stats["retransmissions"] += 1
-        elif self._retries == 0:
+        if self._rtt_seq is None and self._retries == 0:
             self._rtt_seq = seq.add(self.iss, 1)
             self._rtt_sent_at = now
         self._syn_sent = True
-        self._retransmit_due = False
         if self._rto_at is None:
             self._rto_at = now + self.rtt.rto
         self._ack_due = False
 
-    def _syn_segment(self, flags: Flags, ack: int) -> Segment:
-        return Segment(
-            self.local_port,
-            self.remote_port,
-            self.iss,
-            ack,
-            flags,
-            self.rcv_wnd,
-            Options(mss=self.config.mss),
-        )
+    def _syn_segment(self, flags: Flags, ack: int, now: float) -> Segment:
+        """SYN or SYN-ACK with our options; the window field is never scaled here."""
+        config = self.config
+        if flags & Flags.ACK:
+            # SYN-ACK: answer only what the peer's SYN offered.
+            peer = self._peer_syn_options
+            wscale = self.rcv_wscale if peer.wscale is not None and config.window_scaling else None
+            sack = self.sack_ok
+            ts = (self._ts_value(now), self.ts_recent) if self.ts_ok else None
+        else:
+            wscale = config.window_shift if config.window_scaling else None
+            sack = config.sack
+            ts = (self._ts_value(now), 0) if config.timestamps else None
+        window = min(self.rcv_wnd, _MAX_FIELD)
+        self._syn_window = window
+        self._rcv_adv_edge = seq.add(self.rcv_nxt, window) if flags & Flags.ACK else 0
+        self._last_ack_sent = ack
+        options = Options(mss=config.mss, wscale=wscale, sack_permitted=sack, timestamps=ts)
+        return Segment(self.local_port, self.remote_port, self.iss, ack, flags, window, options)
 
     def _data_nxt(self) -> int:
         """Sequence number after the last data byte sent (SND.NXT without our FIN)."""
@@ -770,78 +1261,223 @@ class TcpConnection:
             return self._fin_seq
         return self.snd_nxt
 
-    def _transmit_new(self, out: list[Segment], now: float) -> None:
-        """Send queued data the peer's window allows, then our FIN once the data is out."""
-        if self._fin_seq is not None:
-            return  # FIN sent: nothing new can follow it
-        mss = self.send_mss
-        buf = self._snd_buf
-        window_end = seq.add(self.snd_una, self.snd_wnd)
+    def _option_overhead(self) -> int:
+        """Option bytes on our data segments now: timestamps, plus SACK blocks while
+        we hold out-of-order data (Linux's tcp_current_mss does the same sum)."""
+        overhead = _TS_OPTION_BYTES if self.ts_ok else 0
+        if self.sack_ok and self._ooo:
+            blocks = min(len(self._ooo), 3 if self.ts_ok else 4)
+            overhead += 4 + 8 * blocks  # NOP, NOP, kind, length, then the edges
+        return overhead
+
+    def _pipe(self) -> int:
+        """Bytes estimated in the network (RFC 6675 §4 SetPipe, in Linux's form:
+        outstanding - SACKed - lost but not yet retransmitted)."""
+        return max(self._rtxq.pipe - self._reno_sacked, 0)
+
+    def _transmit(self, out: list[Segment], now: float) -> None:
+        """Retransmit what is deemed lost, then send new data, within cwnd and the
+        peer's window; then our FIN once the data is out."""
+        mss = self.send_mss - self._option_overhead()
+        sent_before = len(out)
         while True:
-            offset = self._snd_off + seq.sub(self.snd_nxt, self._buf_seq)
-            available = len(buf) - offset
-            usable = seq.sub(window_end, self.snd_nxt)
-            n = min(available, usable, mss)
-            if n <= 0 < available and self._probe_due:
-                # Zero-window probe: one new byte beyond the window. Linux never
-                # answers a zero-length probe at SND.NXT, so the probe carries data.
-                n = 1
-                self.stats["window_probes"] += 1
-            self._probe_due = False
-            fin = self._fin_queued and n == available
-            if n <= 0 and not fin:
-                if available > 0 and self.snd_una == self.snd_nxt and self._rto_at is None:
-                    # Nothing in flight and a closed window: the same timer serves
-                    # as the persist timer (RFC 9293 §3.8.6.1).
-                    self._rto_at = now + self.rtt.rto
-                return
-            flags = _ACK
-            if n > 0 and n == available:
-                flags |= Flags.PSH
-            if fin:
-                flags |= Flags.FIN
-            payload = bytes(buf[offset : offset + n]) if n > 0 else b""
-            out.append(self._make(self.snd_nxt, self.rcv_nxt, flags, payload))
-            if self._rtt_seq is None and self._retries == 0:
-                self._rtt_seq = seq.add(self.snd_nxt, n + (1 if fin else 0))
-                self._rtt_sent_at = now
-            self.snd_nxt = seq.add(self.snd_nxt, n)
-            if fin:
-                self._fin_seq = self.snd_nxt
-                self.snd_nxt = seq.add(self.snd_nxt, 1)
-            self._ack_due = False
-            if self._rto_at is None:
-                self._rto_at = now + self.rtt.rto
-            if fin:
-                return
+            budget = self.cc.cwnd - self._pipe()
+            lost = self._rtxq.first_lost()
+            if lost is not None:
+                if budget <= 0 and not self._force_rtx:
+                    break
+                self._retransmit(out, lost, now)
+                continue
+            if not self._send_new(out, mss, budget, now):
+                break
+        if self._tlp_due:
+            self._tail_loss_probe(out, mss, now, sent_anything=len(out) > sent_before)
+        if len(out) > sent_before:
+            self._arm_tlp(now)
 
-    def _retransmission(self) -> Segment | None:
-        """The earliest unacknowledged segment (RFC 6298 §5.4)."""
-        if self.snd_una == self.snd_nxt:
-            return None
-        offset = self._snd_off
-        in_flight = self.in_flight
-        n = min(in_flight, self.send_mss)
-        fin = self._fin_seq is not None and n == in_flight
-        flags = _ACK | (Flags.FIN if fin else Flags(0))
-        if n and n == in_flight:
-            flags |= Flags.PSH
+    def _retransmit(self, out: list[Segment], record: Sent, now: float) -> None:
+        data_end = self._data_nxt()
+        n = record.length - (1 if record.fin else 0)
+        offset = self._snd_off + seq.sub(record.start, self._buf_seq)
         payload = bytes(self._snd_buf[offset : offset + n])
-        self._ack_due = False
-        return self._make(self.snd_una, self.rcv_nxt, flags, payload)
+        flags = _ACK | (Flags.FIN if record.fin else Flags(0))
+        if n and seq.add(record.start, n) == data_end:
+            flags |= Flags.PSH
+        out.append(self._make(record.start, self.rcv_nxt, flags, payload, now=now))
+        if self._retrans_stamp is None and self.ts_ok:
+            self._retrans_stamp = self._ts_value(now)
+        self._rtxq.retransmitted(record, now)
+        self._force_rtx = False
+        self._rtt_seq = None  # Karn: a retransmission spoils the running measurement
+        self.stats["retransmissions"] += 1
+        self.stats["bytes_retransmitted"] += n
+        if self._rto_at is None:
+            self._rto_at = now + self.rtt.rto
+        self._last_send = now
 
-    def _make(self, seq_no: int, ack: int, flags: Flags, payload: bytes = b"") -> Segment:
-        window = 0 if flags & _RST else self.rcv_wnd
+    def _arm_tlp(self, now: float) -> None:
+        """RFC 8985 §7.2: schedule a tail loss probe while in the open state."""
+        if not (self.sack_ok and self._tlp_armed and self.recovery == "open"):
+            return
+        if not self._rtxq.outstanding or self.rtt.srtt is None:
+            return
+        pto = max(2 * self.rtt.srtt, _TLP_MIN)
+        if self._rtxq.outstanding <= self.send_mss:
+            pto += _WORST_CASE_DELACK
+        deadline = now + pto
+        if self._rto_at is not None and deadline >= self._rto_at:
+            return
+        self._tlp_at = deadline
+
+    def _tail_loss_probe(
+        self, out: list[Segment], mss: int, now: float, sent_anything: bool
+    ) -> None:
+        """Send one new segment if possible, else the last one again (RFC 8985 §7.3)."""
+        self._tlp_due = False
+        if sent_anything:
+            return
+        tail = self._rtxq.tail
+        if tail is None:
+            return
+        self._retransmit(out, tail, now)
+        self.stats["retransmissions_by_tlp"] += 1
+        self._rto_at = now + self.rtt.rto
+
+    def _send_new(self, out: list[Segment], mss: int, budget: int, now: float) -> bool:
+        """One new segment if window, cwnd, Nagle and SWS allow; False to stop."""
+        if self._fin_seq is not None:
+            return False  # FIN sent: nothing new can follow it
+        offset = self._snd_off + seq.sub(self.snd_nxt, self._buf_seq)
+        available = len(self._snd_buf) - offset
+        if available <= 0:
+            if self._fin_queued:
+                self._send_data(out, offset, 0, fin=True, now=now)
+            return False
+        nothing_in_flight = self.snd_una == self.snd_nxt
+        if nothing_in_flight and self._last_send and now - self._last_send > self.rtt.rto:
+            self.cc.restart_after_idle()  # RFC 5681 §4.1: idle longer than an RTO
+        usable = seq.sub(seq.add(self.snd_una, self.snd_wnd), self.snd_nxt)
+        n = min(available, usable, mss)
+        if n <= 0:
+            return self._window_blocked(out, offset, available, usable, now)
+        if budget <= 0:
+            return False  # cwnd is full; ACKs will open it
+        # Like Linux's packet-counted cwnd, any room at all admits a whole segment,
+        # so a window of 2.8 segments does not stall with 2 in flight.
+        if n < mss:
+            if n < available:
+                # Held back by the window or cwnd. Sender SWS avoidance (§3.8.6.2.1):
+                # only a segment of at least half the largest window offered goes.
+                if not (self.max_snd_wnd and n >= self.max_snd_wnd // 2):
+                    if nothing_in_flight:
+                        return self._window_blocked(out, offset, available, usable, now)
+                    return False
+            elif not (self.nodelay or nothing_in_flight or self._fin_queued):
+                # Nagle (§3.7.4): one small segment in flight at a time.
+                return False
+        fin = self._fin_queued and n == available
+        self._send_data(out, offset, n, fin=fin, now=now)
+        return not fin
+
+    def _send_data(self, out: list[Segment], offset: int, n: int, *, fin: bool, now: float) -> None:
+        available = len(self._snd_buf) - offset
+        payload = bytes(self._snd_buf[offset : offset + n]) if n > 0 else b""
+        flags = _ACK
+        if n > 0 and n == available:
+            flags |= Flags.PSH
+        if fin:
+            flags |= Flags.FIN
+        out.append(self._make(self.snd_nxt, self.rcv_nxt, flags, payload, now=now))
+        end = seq.add(self.snd_nxt, n + (1 if fin else 0))
+        self._rtxq.add(self.snd_nxt, end, fin, now)
+        if self._rtt_seq is None and self._retries == 0:
+            self._rtt_seq = end
+            self._rtt_sent_at = now
+        self.snd_nxt = seq.add(self.snd_nxt, n)
+        if fin:
+            self._fin_seq = self.snd_nxt
+            self.snd_nxt = seq.add(self.snd_nxt, 1)
+        if self._rto_at is None:
+            self._rto_at = now + self.rtt.rto
+        self._last_send = now
+        self.stats["bytes_sent"] += n
+
+    def _window_blocked(
+        self, out: list[Segment], offset: int, available: int, usable: int, now: float
+    ) -> bool:
+        """Data waits for the peer's window: run the persist timer (RFC 9293 §3.8.6.1),
+        and when it fires send what fits, or a one-byte probe into a closed window."""
+        if not self._persisting and self.snd_una == self.snd_nxt:
+            self._persisting = True
+            self._rto_at = now + self.rtt.rto
+        if not self._probe_due:
+            return False
+        self._probe_due = False
+        self.stats["window_probes"] += 1
+        head = self._rtxq.head
+        if head is not None:
+            # The earlier probe is still unacknowledged: send it again.
+            self._retransmit(out, head, now)
+            self.stats["retransmissions"] -= 1  # a probe, not a loss
+            return False
+        # Never a zero-length probe: Linux does not answer one at SND.NXT (it is in
+        # its window and carries nothing to acknowledge). One byte, or what fits.
+        n = max(1, min(usable, self.send_mss - self._option_overhead(), available))
+        self._send_data(out, offset, n, fin=False, now=now)
+        return False
+
+    def _make(
+        self,
+        seq_no: int,
+        ack: int,
+        flags: Flags,
+        payload: bytes = b"",
+        *,
+        now: float | None = None,
+    ) -> Segment:
+        """A segment with our window, timestamps and SACK blocks as negotiated."""
+        if flags & _RST:
+            return Segment(
+                self.local_port, self.remote_port, seq_no & seq.MASK, ack & seq.MASK, flags, 0
+            )
+        edge = self._receive_edge()
+        window = seq.sub(edge, self.rcv_nxt)
+        shift = self.rcv_wscale
+        # Round up so the advertised edge never moves left (RFC 7323 §2.4).
+        field = min((window + (1 << shift) - 1) >> shift, _MAX_FIELD)
+        self._rcv_adv_edge = seq.add(self.rcv_nxt, field << shift)
+        options = NO_OPTIONS
+        if self.ts_ok or (self.sack_ok and self._ooo):
+            ts = (self._ts_value(now or 0.0), self.ts_recent) if self.ts_ok else None
+            limit = 3 if self.ts_ok else 4
+            if payload:
+                # A segment cut before we held out-of-order data (a retransmission)
+                # may have no room for every block: send what fits the MSS.
+                room = self.send_mss - len(payload) - (_TS_OPTION_BYTES if ts else 0) - 4
+                limit = min(limit, max(room // 8, 0))
+            blocks = self._ooo.sack_blocks(limit) if self.sack_ok and limit else ()
+            if blocks:
+                self.stats["sack_blocks_sent"] += len(blocks)
+            options = Options(timestamps=ts, sack_blocks=blocks)
+        if flags & _ACK:
+            self._last_ack_sent = ack
+            self._ack_due = False
+            self._delack_at = None
+            self._unacked_bytes = 0
         return Segment(
             self.local_port,
             self.remote_port,
             seq_no & seq.MASK,
             ack & seq.MASK,
             flags,
-            window,
-            NO_OPTIONS,
+            field,
+            options,
             payload,
         )
+
+    def _ts_value(self, now: float) -> int:
+        """Our TSval: a millisecond clock from a per-connection random offset (RFC 7323 §5.4)."""
+        return (int(now * 1000) + self._ts_offset) & seq.MASK
 
     # ------------------------------------------------------------------ state
 
@@ -853,7 +1489,3 @@ class TcpConnection:
         self._log.debug("%s -> %s (%s)", old.name, new.name, reason)
         self.state = new
         self._events.append(StateChanged(old, new, reason))
-
-
-_SYN_ONLY: Final = Flags.SYN
-_SYN_ACK: Final = Flags.SYN | Flags.ACK

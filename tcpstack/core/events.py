@@ -56,6 +56,9 @@ class ConnectionRefused(Event):
 class ConnectionReset(Event):
     """An acceptable RST arrived in a synchronized state; the connection is CLOSED."""
 
+    state: State
+    """The state it arrived in (Linux reports EPIPE rather than ECONNRESET in CLOSE-WAIT)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionTimedOut(Event):

@@ -64,6 +64,21 @@ class Options:
     sack_blocks: tuple[tuple[int, int], ...] = ()
     unknown: tuple[tuple[int, bytes], ...] = ()
 
+    def encoded_length(self) -> int:
+        """Bytes these options take in the header, padded as tcpstack.wire lays them out."""
+        n = 4 if self.mss is not None else 0
+        if self.timestamps is not None:
+            n += 12  # NOP,NOP,TS or sackOK,TS
+        elif self.sack_permitted:
+            n += 4
+        if self.wscale is not None:
+            n += 4
+        if self.sack_blocks:
+            n += 4 + 8 * len(self.sack_blocks)
+        for _, data in self.unknown:
+            n += 2 + len(data)
+        return (n + 3) & ~3
+
     def __str__(self) -> str:
         parts = []
         if self.mss is not None:

@@ -117,7 +117,8 @@ def test_connect_to_a_closed_port_is_refused_at_once(stack: Stack, lab: Lab) -> 
         s.connect((lab.peer_address, 1))
     assert time.monotonic() - started < 0.5
     assert s.state is State.CLOSED
-    assert s.connect_ex((lab.peer_address, 1)) in (errno.ECONNREFUSED, errno.EISCONN)
+    # Trying again sends a new SYN and is refused again, as on Linux.
+    assert s.connect_ex((lab.peer_address, 1)) == errno.ECONNREFUSED
 
 
 def test_kernel_connect_to_a_port_without_listener_is_refused(stack: Stack, lab: Lab) -> None:
@@ -180,7 +181,6 @@ def test_sequence_numbers_wrap_past_2_32_with_the_kernel(lab: Lab) -> None:
             assert got.result(TIMEOUT) == data
             assert s.connection.snd_una < 0xFFFF_FF00  # wrapped
             sending = in_thread(peer.sendall, data)
-            assert len(got.result(TIMEOUT)) == len(data)
             received = b""
             while len(received) < len(data):
                 received += s.recv(1 << 16)
@@ -240,11 +240,13 @@ def test_active_close_we_end_in_time_wait(stack: Stack, lab: Lab) -> None:
     assert peer.recv(10) == b""
     peer.close()
     assert s.wait_for_state(State.TIME_WAIT, timeout=TIMEOUT) is State.TIME_WAIT
+    # TIME-WAIT is armed for 2*MSL from the moment we entered it.
+    expires = s.connection.get_timer()
+    assert expires is not None and expires - time.monotonic() > 2 * MSL - 0.1
     # The kernel's socket went LAST_ACK -> gone once our ACK arrived.
     wait_until(lambda: kernel_state(lab, kernel_end, ours) is None, "kernel socket gone")
-    started = time.monotonic()
     s.wait_for_state(State.CLOSED, timeout=TIMEOUT)
-    assert time.monotonic() - started <= 2 * MSL + 0.5
+    assert time.monotonic() >= expires  # not a moment sooner
     assert not [c for c in stack.connections() if c.local == ours]
 
 

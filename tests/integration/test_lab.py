@@ -197,10 +197,13 @@ def test_tap_lab_layout() -> None:
             assert read_sysctl("net.ipv4.tcp_no_metrics_save") == "1"
 
 
-@pytest.mark.parametrize("kind", ["veth", "tap"])
+@pytest.mark.parametrize("kind", ["veth", "tap", "kernel"])
 def test_root_namespace_untouched(kind: str) -> None:
     before = root_state()
     with Lab(kind) as lab:
+        if kind == "kernel":
+            kernel_echo(lab)
+            lab.peer_nstat()
         during = root_state()
         lab.peer_tcp_sockets()
     after = root_state()
@@ -209,6 +212,76 @@ def test_root_namespace_untouched(kind: str) -> None:
     assert not any(name and name.startswith("tcps-") for _, name in links)
     assert not any(a and a.startswith("198.18.") for _, a, _ in addrs)
     assert not any(dst and str(dst).startswith("198.18.") for _, _, dst, _, _ in routes)
+
+
+def test_kernel_lab_layout() -> None:
+    with Lab("kernel") as lab:
+        assert lab.kind == "kernel"
+        assert lab.namespaces == (f"{lab.name}-peer", f"{lab.name}-eut")
+        assert lab.endpoint_netns == f"{lab.name}-eut"
+        peer = ns_view(lab.peer_netns)
+        check_common(lab, peer)
+        assert (peer["links"][lab.peer_interface]["index"], "198.18.0.1", 24) in peer["addrs"]
+        eut = ns_view(lab.endpoint_netns)
+        check_common(lab, eut)
+        end = eut["links"][lab.endpoint_interface]
+        assert end.get(("linkinfo", "kind")) == "veth"
+        assert end.get("IFLA_OPERSTATE") == "UP"
+        # The only difference from a veth lab: the eut end is a kernel address.
+        assert [a for a in eut["addrs"] if a[0] == end["index"]] == [
+            (end["index"], "198.18.0.2", 24)
+        ]
+        assert set(eut["links"]) == {"lo", lab.endpoint_interface}
+        with lab.in_endpoint():
+            assert read_sysctl("net.ipv6.conf.all.disable_ipv6") == "1"
+            assert read_sysctl("net.ipv4.tcp_no_metrics_save") == "1"
+        text = "\n".join(lab.describe())
+        assert "kernel-to-kernel" in text and lab.endpoint_netns in text
+        (rec,) = [r for r in labmod.list_recorded() if r["name"] == lab.name]
+        assert rec["kind"] == "kernel" and rec["namespaces"] == list(lab.namespaces)
+    assert not any(netns.exists(n) for n in lab.namespaces)
+    assert not (labmod.record_dir() / f"{lab.name}.json").exists()
+
+
+def kernel_echo(lab: Lab, payload: bytes = b"hello, kernel") -> tuple[str, int]:
+    """Echo PAYLOAD from a kernel client in the eut namespace off a kernel server in
+    the peer namespace; returns the client's address."""
+    with lab.in_peer():
+        server = socket.create_server((lab.peer_address, 0))
+    with lab.in_endpoint():
+        client = socket.socket()
+    with server, client:
+        server.settimeout(5)
+        client.settimeout(5)
+        client.connect((lab.peer_address, server.getsockname()[1]))
+        conn, address = server.accept()
+        with conn:
+            conn.settimeout(5)
+            assert address == client.getsockname()
+            assert address[0] == lab.endpoint_address
+            client.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                chunk = conn.recv(4096)
+                assert chunk, "peer closed early"
+                got += chunk
+            conn.sendall(got)
+            echoed = b""
+            while len(echoed) < len(payload):
+                chunk = client.recv(4096)
+                assert chunk, "server closed early"
+                echoed += chunk
+        assert echoed == payload
+        return str(address[0]), int(address[1])
+
+
+def test_kernel_lab_carries_kernel_tcp() -> None:
+    with Lab("kernel") as lab:
+        assert kernel_echo(lab)[0] == "198.18.0.2"
+        # Both ends are kernel sockets, each counted in its own, fresh namespace.
+        eut, peer = lab.endpoint_nstat(), lab.peer_nstat()
+        assert (eut["TcpActiveOpens"], eut["TcpPassiveOpens"]) == (1, 0)
+        assert (peer["TcpActiveOpens"], peer["TcpPassiveOpens"]) == (0, 1)
 
 
 def test_two_labs_at_once_are_distinct() -> None:

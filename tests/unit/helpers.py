@@ -24,7 +24,21 @@ REMOTE_ISS = 5_000_000
 WRAP_LOCAL_ISS = 0xFFFF_FFF0
 WRAP_REMOTE_ISS = 0xFFFF_FFFA
 
-CONFIG = TcpConfig(msl=1.0, rto_initial=1.0, rto_min=0.2)
+# The plain profile: no options beyond MSS, every segment ACKed at once, no Nagle,
+# a 64 KB window, so segment-by-segment expectations stay short. The options,
+# delayed ACKs, Nagle and recovery have tests of their own with the defaults.
+CONFIG = TcpConfig(
+    msl=1.0,
+    rto_initial=1.0,
+    rto_min=0.2,
+    receive_buffer=65535,
+    window_scaling=False,
+    sack=False,
+    timestamps=False,
+    delayed_ack=0.0,
+    quick_acks=0,
+    nagle=False,
+)
 
 
 def seg(
@@ -68,7 +82,7 @@ def out(
 
 
 def render(segments: Iterable[Segment]) -> list[str]:
-    return [s.describe() for s in segments]
+    return [f"{s.src_port} > {s.dst_port}: {s.describe()}" for s in segments]
 
 
 @dataclass

@@ -128,11 +128,15 @@ def test_fin_after_data_is_sent_once_the_data_is_out() -> None:
 
 def test_fin_waits_for_the_window_to_drain_data() -> None:
     d = established()
-    d.push(seg(".", d.r(1), d.l(1), win=2))
-    d.conn.send(b"abcd")
+    d.push(seg(".", d.r(1), d.l(1), win=3000))
+    d.conn.send(b"x" * 4000)
     d.conn.shutdown(d.now)
-    expect(d.flush(), out(".", d.l(1), d.r(1), data=b"ab"))
-    expect(d.push(seg(".", d.r(1), d.l(3), win=10)), out("FP.", d.l(3), d.r(1), data=b"cd"))
+    # Two full segments fit; the 80 bytes left in the window would be a silly
+    # segment (RFC 9293 §3.8.6.2.1), so they wait, and the FIN behind them.
+    sent = d.flush()
+    assert [len(s.payload) for s in sent] == [1460, 1460] and not any(s.fin for s in sent)
+    sent = d.push(seg(".", d.r(1), d.l(2921), win=3000))
+    expect(sent, out("FP.", d.l(2921), d.r(1), data=b"x" * 1080))
 
 
 def test_shutdown_twice_is_harmless() -> None:

@@ -6,12 +6,13 @@ scenario drives, or a scenario that takes an edge outside the table, fails.
 """
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
-from tcpstack.config import TcpConfig
 from tcpstack.core.state import ALLOWED_TRANSITIONS, State
 from tests.unit.helpers import (
+    CONFIG,
     Driver,
     close_wait,
     closing,
@@ -119,7 +120,7 @@ def time_wait_to_closed() -> Driver:
 
 
 def syn_received_to_closed_by_timeout() -> Driver:
-    d = syn_received(config=TcpConfig(synack_retries=0, msl=1.0))
+    d = syn_received(config=replace(CONFIG, synack_retries=0))
     d.fire_timer()
     return d
 

@@ -1,8 +1,9 @@
 """ESTABLISHED: data both ways, windows, ACK and sequence checks (RFC 9293 §3.10.7.4)."""
 
+from dataclasses import replace
+
 import pytest
 
-from tcpstack.config import TcpConfig
 from tcpstack.core.connection import InvalidStateError
 from tcpstack.core.events import ConnectionReset, DataAcknowledged, DataReceived
 from tcpstack.core.state import State
@@ -47,14 +48,26 @@ def test_ack_frees_the_send_buffer_and_stops_the_timer() -> None:
 
 def test_sender_respects_the_peer_window() -> None:
     d = established()
-    d.push(seg(".", d.r(1), d.l(1), win=1000))
+    d.push(seg(".", d.r(1), d.l(1), win=3000))
     d.conn.send(b"x" * 5000)
     sent = d.flush()
-    assert sum(len(s.payload) for s in sent) == 1000
-    sent = d.push(seg(".", d.r(1), d.l(1001), win=2000))
-    # The window update lets 2000 more through (right edge 1001 + 2000).
-    assert sum(len(s.payload) for s in sent) == 2000
-    assert d.conn.snd_nxt == d.l(3001)
+    assert sum(len(s.payload) for s in sent) == 2920  # two full segments of the 3000
+    sent = d.push(seg(".", d.r(1), d.l(2921), win=3000))
+    # The window update lets 2080 more through; the 80-byte tail waits (SWS).
+    assert [len(s.payload) for s in sent] == [1460, 620]
+    assert d.conn.snd_nxt == d.l(5001)
+
+
+def test_silly_window_is_not_filled_with_a_tiny_segment() -> None:
+    d = established()
+    d.conn.send(b"x" * 5000)
+    d.flush()  # 5000 bytes go out into the 65535 window
+    d.push(seg(".", d.r(1), d.l(5001), win=100))
+    d.conn.send(b"y" * 500)
+    # 100 bytes would fit, but that is under half the largest window seen: wait.
+    expect(d.flush())
+    # With nothing in flight the persist timer sends what fits instead.
+    assert [len(s.payload) for s in d.fire_timer()] == [100]
 
 
 def test_zero_window_is_probed_with_one_byte() -> None:
@@ -87,18 +100,23 @@ def test_receive_in_order_data_acks_and_buffers() -> None:
 
 
 def test_reading_opens_the_window_with_an_update() -> None:
-    config = TcpConfig(receive_buffer=8000, mss=1000, msl=1.0)
+    config = replace(CONFIG, receive_buffer=8000, mss=1000)
     d = established(config=config)
     sent = d.push(seg("P.", d.r(1), d.l(1), data=b"z" * 8000))
     expect(sent, out(".", d.l(1), d.r(8001), win=0))
+    # Reading reopens a closed window with an update at once (at least one MSS,
+    # RFC 9293 §3.8.6.2.2); after that, only when the window would double, as
+    # Linux does, and otherwise the next ACK carries the news.
     d.conn.receive(1000)
-    expect(d.flush())  # 1000 bytes is under the 2*MSS threshold
+    expect(d.flush(), out(".", d.l(1), d.r(8001), win=1000))
     d.conn.receive(1000)
     expect(d.flush(), out(".", d.l(1), d.r(8001), win=2000))
+    d.conn.receive(1000)
+    expect(d.flush())
 
 
 def test_data_beyond_the_window_is_trimmed() -> None:
-    config = TcpConfig(receive_buffer=100, msl=1.0)
+    config = replace(CONFIG, receive_buffer=100)
     d = established(config=config)
     sent = d.push(seg("P.", d.r(1), d.l(1), data=b"q" * 150))
     expect(sent, out(".", d.l(1), d.r(101), win=0))
@@ -106,7 +124,7 @@ def test_data_beyond_the_window_is_trimmed() -> None:
 
 
 def test_zero_window_still_processes_acks_at_rcv_nxt() -> None:
-    config = TcpConfig(receive_buffer=100, msl=1.0)
+    config = replace(CONFIG, receive_buffer=100)
     d = established(config=config)
     d.push(seg("P.", d.r(1), d.l(1), data=b"q" * 100))
     d.conn.send(b"mine")
@@ -126,11 +144,15 @@ def test_retransmitted_old_data_is_trimmed_and_reacked() -> None:
     assert d.conn.receive(100) == b"abcdef"
 
 
-def test_out_of_order_data_gets_an_immediate_duplicate_ack() -> None:
+def test_out_of_order_data_is_held_and_acked_at_once() -> None:
     d = established()
-    expect(d.push(seg("P.", d.r(100), d.l(1), data=b"later")), out(".", d.l(1), d.r(1)))
-    assert d.conn.readable == 0
-    assert d.conn.stats["drop_out_of_order"] == 1
+    expect(d.push(seg("P.", d.r(6), d.l(1), data=b"world")), out(".", d.l(1), d.r(1)))
+    assert d.conn.readable == 0 and d.conn.ooo_segments == 1
+    # The hole fills: both pieces become readable and one ACK covers them.
+    sent = d.push(seg("P.", d.r(1), d.l(1), data=b"hello"))
+    expect(sent, out(".", d.l(1), d.r(11), win=WIN - 10))
+    assert d.conn.receive(100) == b"helloworld"
+    assert d.conn.ooo_segments == 0
 
 
 def test_ack_of_unsent_data_is_answered_and_dropped() -> None:

@@ -256,8 +256,8 @@ def test_close_in_syn_received_sends_fin_at_once() -> None:
     d.conn.shutdown(d.now)
     expect(d.flush(), out("F.", d.l(1), d.r(1)))
     assert d.conn.state is State.FIN_WAIT_1
-    # The SYN-ACK is still unacknowledged, so a timeout resends it first.
-    expect(d.fire_timer(), out("S.", d.l(0), d.r(1), mss=CONFIG.mss))
+    # The SYN-ACK is still unacknowledged, so a timeout resends it, and the FIN.
+    expect(d.fire_timer(), out("S.", d.l(0), d.r(1), mss=CONFIG.mss), out("F.", d.l(1), d.r(1)))
     # The peer acknowledges only the SYN: the FIN goes again at the next timeout.
     expect(d.push(seg(".", d.r(1), d.l(1))))
     assert d.conn.state is State.FIN_WAIT_1

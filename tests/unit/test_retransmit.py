@@ -1,8 +1,9 @@
 """RTO-driven retransmission of SYN, SYN-ACK, data and FIN (RFC 6298, RFC 9293 §3.8)."""
 
+from dataclasses import replace
+
 import pytest
 
-from tcpstack.config import TcpConfig
 from tcpstack.core.events import ConnectionTimedOut
 from tcpstack.core.state import State
 from tests.unit.helpers import (
@@ -64,16 +65,17 @@ def test_data_retransmits_the_earliest_unacked_segment() -> None:
     # Backed off: the next one comes after twice the RTO.
     expect(d.fire_timer(), out(".", d.l(1), d.r(1), data=b"a" * 1460))
     assert d.now == pytest.approx(start + 3 * rto)
-    # The ACK of the first segment restarts the timer with the un-backed-off RTO.
+    # The ACK of the retransmitted segment gives no RTT sample (Karn), so the
+    # backed-off RTO stays until a fresh measurement (RFC 6298 §5).
     srtt_before = d.conn.rtt.srtt
     d.push(seg(".", d.r(1), d.l(1461)))
-    assert d.conn.rtt.srtt == srtt_before  # Karn: no sample from a retransmitted segment
-    assert d.conn.get_timer() == pytest.approx(d.now + rto)
+    assert d.conn.rtt.srtt == srtt_before
+    assert d.conn.get_timer() == pytest.approx(d.now + 4 * rto)
     expect(d.fire_timer(), out("P.", d.l(1461), d.r(1), data=b"b" * 100))
 
 
 def test_retransmission_limit_aborts_with_timed_out() -> None:
-    d = established(config=TcpConfig(max_retries=3, msl=1.0))
+    d = established(config=replace(CONFIG, max_retries=3))
     d.conn.send(b"x")
     d.flush()
     for _ in range(3):
