@@ -38,6 +38,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment lifetime in seconds; TIME-WAIT is 2*MSL (default 1, so the demo ends)",
     )
 
+    transfer = sub.add_parser(
+        "transfer",
+        help="bulk data both ways with the kernel, under impairment, beside kernel-to-kernel",
+    )
+    _add_link_choice(transfer)
+    transfer.add_argument("--size", type=_size, default=8 << 20, help="bytes each way (e.g. 8M)")
+    transfer.add_argument(
+        "--direction",
+        choices=("both", "up", "down"),
+        default="both",
+        help="up = we send, down = the kernel sends",
+    )
+    transfer.add_argument(
+        "--impair",
+        metavar="SPEC",
+        help='impair our link, e.g. "loss=5%%,dup=2%%,reorder=10%%:3,corrupt=1%%,seed=7"',
+    )
+    transfer.add_argument(
+        "--loss",
+        type=float,
+        default=0.0,
+        metavar="PCT",
+        help="drop PCT%% of TCP packets each way, where they arrive (nftables at the kernel,"
+        " our impairment layer at us); the kernel pair gets the same",
+    )
+    transfer.add_argument("--congestion", choices=("cubic", "reno"), default="cubic")
+    transfer.add_argument(
+        "--no-compare", action="store_true", help="skip the kernel-to-kernel reference run"
+    )
+
     lab = sub.add_parser("lab", help="create or remove a lab network")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)
     up = lab_sub.add_parser("up", help="create a lab that stays up until `lab down`")
@@ -60,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         result = demo.run(kind=args.kind, passive=args.passive, msl=args.msl)
         print("PASS" if result.ok else "FAIL")
         return 0 if result.ok else 1
+    if args.command == "transfer":
+        return _transfer(args)
     if args.command == "lab":
         if args.lab_command == "up":
             created = lab_module.main_up(args.kind, persist=True)
@@ -85,3 +117,37 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().rstrip("b")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from tcpstack import transfer
+    from tcpstack.config import TcpConfig
+
+    ours, _ = transfer.compare(
+        args.kind,
+        size=args.size,
+        directions=args.direction,
+        impairment=args.impair,
+        loss=args.loss,
+        reference=not args.no_compare,
+        config=TcpConfig(congestion=args.congestion),
+    )
+    if ours.info is not None:
+        i = ours.info
+        srtt = f"{i.srtt * 1000:.2f} ms" if i.srtt is not None else "-"
+        print(
+            f"  {i.congestion} cwnd {i.cwnd} ssthresh {min(i.ssthresh, 1 << 31)} srtt {srtt}"
+            f" rto {i.rto * 1000:.0f} ms mss {i.send_mss} wscale {i.snd_wscale}/{i.rcv_wscale}"
+            f" sack {'on' if i.sack else 'off'} timestamps {'on' if i.timestamps else 'off'}"
+        )
+        counters = {k: v for k, v in sorted(i.counters.items()) if v}
+        print("  counters: " + ", ".join(f"{k} {v}" for k, v in counters.items()))
+    return 0 if ours.ok else 1

@@ -28,7 +28,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from tcpstack import wire
+from tcpstack import sockopts, wire
 from tcpstack.arp import ArpCache
 from tcpstack.config import TcpConfig
 from tcpstack.core import seq
@@ -102,6 +102,8 @@ class Listener:
     port: int
     backlog: int
     cond: threading.Condition
+    config: TcpConfig
+    options: dict[tuple[int, int], int | str] = field(default_factory=dict)
     half_open: set[Flow] = field(default_factory=set)
     accept_queue: deque[Flow] = field(default_factory=deque)
     closed: bool = False
@@ -129,6 +131,7 @@ class Engine:
         # Reentrant so an observer may read the stack (stats, connections) from its callback.
         self.lock = threading.RLock()
         self.stats: Counter[str] = Counter()
+        self.ended_stats: Counter[str] = Counter()  # counters of connections now gone
         self.flows: dict[FlowKey, Flow] = {}
         self.listeners: dict[int, Listener] = {}
         self.bound_ports: set[int] = set()
@@ -453,12 +456,15 @@ class Engine:
                 return None
         iss = self.isn(self.ip, seg.dst_port, packet.src_ip, seg.src_port)
         conn = TcpConnection(
-            self.config,
+            listener.config,
             seg.dst_port,
             0,
             iss=iss,
+            ts_offset=self._ts_offset(),
             name=f"{seg.dst_port}<{packet.src_ip}:{seg.src_port}",
         )
+        # Options set on the listening socket carry over, as on Linux.
+        sockopts.apply_options(conn, listener.options, now)
         conn.open_passive()
         key = (packet.src_ip, seg.src_port, seg.dst_port)
         flow = Flow(conn, packet.src_ip, key, threading.Condition(self.lock), listener=listener)
@@ -541,9 +547,22 @@ class Engine:
             case ConnectionClosed():
                 pass
 
+    def _ts_offset(self) -> int:
+        # RFC 7323 §5.4: a random offset per connection, so TSval leaks no clock.
+        return random.getrandbits(32)
+
+    def totals(self) -> dict[str, int]:
+        """Engine counters plus every connection's, live and ended."""
+        totals = Counter(self.stats)
+        totals.update(self.ended_stats)
+        for flow in self.flows.values():
+            totals.update(flow.conn.stats)
+        return dict(totals)
+
     def _forget(self, flow: Flow) -> None:
         if self.flows.get(flow.key) is flow:
             del self.flows[flow.key]
+            self.ended_stats.update(flow.conn.stats)
         flow.deadline = None
         listener = flow.listener
         if listener is not None:
@@ -614,16 +633,19 @@ class Engine:
 
     # ------------------------------------------------------- facade operations
 
-    def new_flow(self, remote_ip: str, remote_port: int, local_port: int) -> Flow:
+    def new_flow(
+        self, remote_ip: str, remote_port: int, local_port: int, config: TcpConfig | None = None
+    ) -> Flow:
         """Create and register an active-open connection (the caller opens it)."""
         if ipaddress.IPv4Address(remote_ip) not in self.network:
             raise OSError(errno.ENETUNREACH, f"{remote_ip} is not on {self.network}")
         iss = self.isn(self.ip, local_port, remote_ip, remote_port)
         conn = TcpConnection(
-            self.config,
+            config or self.config,
             local_port,
             remote_port,
             iss=iss,
+            ts_offset=self._ts_offset(),
             name=f"{local_port}>{remote_ip}:{remote_port}",
         )
         key = (remote_ip, remote_port, local_port)
@@ -645,8 +667,10 @@ class Engine:
             return port
         raise OSError(errno.EADDRNOTAVAIL, os.strerror(errno.EADDRNOTAVAIL))
 
-    def add_listener(self, port: int, backlog: int) -> Listener:
-        listener = Listener(port, max(backlog, 1), threading.Condition(self.lock))
+    def add_listener(self, port: int, backlog: int, config: TcpConfig | None = None) -> Listener:
+        listener = Listener(
+            port, max(backlog, 1), threading.Condition(self.lock), config or self.config
+        )
         self.listeners[port] = listener
         return listener
 

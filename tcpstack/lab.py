@@ -15,8 +15,9 @@ nothing gets a default route.
 Loss on the kernel's side: this kernel has no netem, so `peer_loss()` loads nftables
 rules (`nft`, Debian's nftables) into the peer namespace that drop TCP packets the
 kernel receives or sends, at random or exactly the n-th matching one; `nft()` loads any
-ruleset there. Rules live in the namespace and vanish with it. They act at the IP input
-and output hooks, so a TSO/GSO super-packet the kernel sends over veth is dropped whole.
+ruleset there. Rules live in the namespace and vanish with it. They act at the netdev
+ingress and egress hooks of the kernel's lab interface, where a drop is a loss on the
+wire for the kernel's TCP too; a TSO/GSO super-packet it sends over veth is dropped whole.
 `peer_nstat()` reads the kernel's SNMP and TcpExt counters of the peer namespace
 (`endpoint_nstat()` those of the eut namespace), named as nstat names them.
 
@@ -350,23 +351,54 @@ class Lab:
         "both". percent: the chance each matching packet is dropped (0.01 steps; 0
         clears). nth=k: drop exactly the k-th matching packet (1-based, both directions
         counted together) and no other. tcp_flags: only packets whose SYN/ACK/FIN/RST
-        flags are exactly these, e.g. "syn,ack" (PSH and URG are ignored)."""
-        ruleset = loss_ruleset(
-            self.peer_interface, percent, direction=direction, tcp_flags=tcp_flags, nth=nth
-        )
+        flags are exactly these, e.g. "syn,ack" (PSH and URG are ignored).
+
+        Measured here: a drop on the way *in* is a loss like any on the wire, but one
+        on the way *out*, even at the device's egress hook, is reported back to the
+        kernel's own TCP as a failed send and it simply sends again (TcpRetransSegs
+        does not move). So "out" loses the kernel's pure ACKs, which nobody resends,
+        but not its data; to lose the kernel's data, drop it where it arrives (our
+        impairment layer's inbound loss, or `endpoint_loss` on a "kernel" lab)."""
+        self._loss(self.peer_netns, self.peer_interface, percent, direction, tcp_flags, nth)
+
+    def endpoint_loss(
+        self,
+        percent: float = 100.0,
+        *,
+        direction: str = "in",
+        tcp_flags: str | None = None,
+        nth: int | None = None,
+    ) -> None:
+        """peer_loss() for the eut namespace of a "kernel" lab (its second kernel)."""
+        if self.kind != "kernel":
+            raise ValueError("endpoint_loss needs a 'kernel' lab: elsewhere no kernel is there")
+        self._loss(self.endpoint_netns, self.endpoint_interface, percent, direction, tcp_flags, nth)
+
+    def _loss(
+        self,
+        namespace: str,
+        interface: str,
+        percent: float,
+        direction: str,
+        tcp_flags: str | None,
+        nth: int | None,
+    ) -> None:
         if nth is None and percent == 0:
-            self.peer_loss_clear()
+            ruleset = f"table netdev {LOSS_TABLE}\ndelete table netdev {LOSS_TABLE}\n"
         else:
-            self.nft(ruleset)
+            ruleset = loss_ruleset(
+                interface, percent, direction=direction, tcp_flags=tcp_flags, nth=nth
+            )
+        self._nft(["-f", "-"], ruleset, namespace=namespace)
 
     def peer_loss_clear(self) -> None:
         """Remove the peer_loss() rules, if any."""
         # Adding first makes the delete valid whether or not the table exists.
-        self.nft(f"table inet {LOSS_TABLE}\ndelete table inet {LOSS_TABLE}\n")
+        self.nft(f"table netdev {LOSS_TABLE}\ndelete table netdev {LOSS_TABLE}\n")
 
     def peer_loss_dropped(self) -> int:
         """Packets the current peer_loss() rules have dropped."""
-        shown = self._nft(["-j", "list", "counter", "inet", LOSS_TABLE, "dropped"])
+        shown = self._nft(["-j", "list", "counter", "netdev", LOSS_TABLE, "dropped"])
         for item in json.loads(shown)["nftables"]:
             if "counter" in item:
                 return int(item["counter"]["packets"])
@@ -386,15 +418,23 @@ class Lab:
         if self._state != "up":
             raise RuntimeError(f"{self!r} is not up")
 
-    def _nft(self, args: Sequence[str], stdin: str | None = None) -> str:
+    def _nft(
+        self, args: Sequence[str], stdin: str | None = None, *, namespace: str | None = None
+    ) -> str:
         self._require_up()
         binary = _nft_binary()
-        done = self.peer_run(
-            [binary, *args], timeout=_NFT_TIMEOUT, input=stdin, capture_output=True, text=True
+        where = namespace or self.peer_netns
+        done = netns.run(
+            where,
+            [binary, *args],
+            _NFT_TIMEOUT,
+            input=stdin,
+            capture_output=True,
+            text=True,
         )
         if done.returncode != 0:
             raise NftError(
-                f"nft {' '.join(args)} failed in {self.peer_netns} "
+                f"nft {' '.join(args)} failed in {where} "
                 f"(exit {done.returncode}): {done.stderr.strip()}"
             )
         return str(done.stdout)
@@ -445,7 +485,11 @@ def loss_ruleset(
     nth: int | None = None,
 ) -> str:
     """The nft ruleset behind `Lab.peer_loss()`, for the kernel's INTERFACE."""
-    hooks = {"in": ("input",), "out": ("output",), "both": ("input", "output")}
+    # netdev ingress/egress on the kernel's interface, not ip input/output: a packet
+    # the kernel's own TCP sends and netfilter drops at ip output is reported back
+    # to TCP as a local send error and simply retried, which is no loss at all.
+    # Dropped at the device's egress it is lost on the wire, as netem would do.
+    hooks = {"in": ("ingress",), "out": ("egress",), "both": ("ingress", "egress")}
     if direction not in hooks:
         raise ValueError(f"direction must be 'in', 'out' or 'both', not {direction!r}")
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", interface):
@@ -479,9 +523,9 @@ def loss_ruleset(
             match.append(f"numgen random mod 10000 < {hundredths}")
     lines = [
         # Add, delete and re-add in one transaction: replaces any earlier table atomically.
-        f"table inet {LOSS_TABLE}",
-        f"delete table inet {LOSS_TABLE}",
-        f"table inet {LOSS_TABLE} {{",
+        f"table netdev {LOSS_TABLE}",
+        f"delete table netdev {LOSS_TABLE}",
+        f"table netdev {LOSS_TABLE} {{",
         "    counter dropped { }",
         # One chain behind both hooks, so a single numgen counts every matching packet.
         "    chain lossy {",
@@ -489,11 +533,10 @@ def loss_ruleset(
         "    }",
     ]
     for hook in hooks[direction]:
-        side = "iifname" if hook == "input" else "oifname"
         lines += [
             f"    chain {hook} {{",
-            f"        type filter hook {hook} priority filter; policy accept;",
-            f'        {side} "{interface}" meta l4proto tcp jump lossy',
+            f'        type filter hook {hook} device "{interface}" priority filter; policy accept;',
+            "        meta protocol ip ip protocol tcp jump lossy",
             "    }",
         ]
     lines.append("}")

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from tcpstack import wire
+from tcpstack import sockopts, wire
 from tcpstack.config import TcpConfig
+from tcpstack.core.connection import TcpConnection, TcpInfo
 from tcpstack.core.state import State
 from tcpstack.engine import Engine, Flow, Listener, Observer, with_link_mss
 from tcpstack.impair import ImpairedLink, Impairment
@@ -153,9 +154,12 @@ class Stack:
             return [ConnectionInfo(*row) for row in self._engine.connection_table()]
 
     def stats(self) -> dict[str, int]:
-        """Counters for the stack: frames, segments and drops by reason."""
+        """Counters for the stack, in the spirit of `nstat`: frames, ARP, ICMP, drops
+        by reason, and every connection's counters (retransmissions, fast
+        retransmits, timeouts, duplicate ACKs, SACK blocks, ...) summed over the
+        connections that exist now and those that have ended."""
         with self._engine.lock:
-            return dict(self._engine.stats)
+            return self._engine.totals()
 
     def add_observer(self, observer: Observer) -> None:
         """Call observer(record) for every segment in and out; keep it quick."""
@@ -191,6 +195,8 @@ class Socket:
         self._closed = False
         self._shut_rd = False
         self._error_reported = False
+        # setsockopt() values, kept to apply to connections made later.
+        self._options: dict[tuple[int, int], int | str] = {}
 
     def __repr__(self) -> str:
         return f"<tcpstack.Socket {self.state.name} local={self._local()} remote={self._remote()}>"
@@ -207,9 +213,63 @@ class Socket:
         return State.CLOSED
 
     @property
-    def connection(self) -> Any:
+    def connection(self) -> TcpConnection | None:
         """The core TcpConnection (read it for counters and sequence variables)."""
         return self._flow.conn if self._flow else None
+
+    def info(self) -> TcpInfo | None:
+        """A snapshot like Linux's TCP_INFO (`ss -ti`): state, sequence variables,
+        cwnd, ssthresh, srtt, rttvar, rto and the connection's counters."""
+        with self._engine.lock:
+            return self._flow.conn.info() if self._flow else None
+
+    # ---------------------------------------------------------------- options
+
+    def setsockopt(self, level: int, optname: int, value: int | bytes | str, /) -> None:
+        """The options of a kernel TCP socket that a userspace endpoint can honour:
+        TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT,
+        TCP_CONGESTION, SO_RCVBUF and SO_SNDBUF. Set before connect() or listen(),
+        they apply to the connection (and, from a listener, to accepted ones).
+
+        Raises:
+            OSError: ENOPROTOOPT for an option we do not implement, EINVAL for a
+                value out of range.
+        """
+        key = (level, optname)
+        if key not in sockopts.OPTIONS:
+            raise _oserror(errno.ENOPROTOOPT, f"level {level} option {optname}")
+        if optname == sockopts.TCP_CONGESTION:
+            name = value.decode() if isinstance(value, bytes) else str(value)
+            name = name.rstrip("\0")
+            if name not in ("reno", "cubic"):
+                raise _oserror(errno.ENOENT, f"congestion control {name!r}")
+            stored: int | str = name
+        else:
+            if not isinstance(value, int):
+                raise TypeError("an integer is required")
+            if key in sockopts.POSITIVE and value < 1:
+                raise _oserror(errno.EINVAL, f"option {optname} must be at least 1")
+            stored = value
+        with self._engine.lock:
+            self._check_open()
+            self._options[key] = stored
+            if self._flow is not None:
+                now = self._now()
+                sockopts.apply(self._flow.conn, key, stored, now)
+                self._engine.pump(self._flow, now)  # a new timer (keep-alive) may be due
+
+    def getsockopt(self, level: int, optname: int, buflen: int = 0, /) -> int | bytes:
+        key = (level, optname)
+        if key not in sockopts.OPTIONS:
+            raise _oserror(errno.ENOPROTOOPT, f"level {level} option {optname}")
+        with self._engine.lock:
+            self._check_open()
+            conn = self._flow.conn if self._flow else None
+            value = sockopts.read(conn, key, self._options, self._engine.config)
+        if isinstance(value, str):
+            raw = value.encode()
+            return raw.ljust(buflen, b"\0")[: buflen or len(raw)]
+        return value
 
     def _local(self) -> Address:
         return (self._engine.ip if self._port else "0.0.0.0", self._port or 0)
@@ -347,7 +407,10 @@ class Socket:
             assert self._port is not None
             if self._port in self._engine.listeners:
                 raise _oserror(errno.EADDRINUSE)
-            self._listener = self._engine.add_listener(self._port, backlog)
+            self._listener = self._engine.add_listener(
+                self._port, backlog, config=sockopts.buffers(self._engine.config, self._options)
+            )
+            self._listener.options = dict(self._options)
 
     def accept(self) -> tuple[Socket, Address]:
         """Wait for a connection whose handshake completed (the third segment arrived)."""
@@ -367,6 +430,9 @@ class Socket:
             flow.listener = None
             # Like CPython: the new socket takes the default timeout, not the listener's.
             child = Socket(self._stack, _flow=flow)
+            # Like Linux: options set on the listener were applied to the connection
+            # when it was created; the child reports them.
+            child._options = dict(listener.options)
             return child, (flow.remote_ip, flow.conn.remote_port)
 
     def connect(self, address: Address) -> None:
@@ -398,10 +464,16 @@ class Socket:
                     self._error_reported = False
                 if flow is None:
                     local_port = self._port or self._engine.ephemeral_port(remote_ip, port)
-                    flow = self._engine.new_flow(remote_ip, port, local_port)
+                    flow = self._engine.new_flow(
+                        remote_ip,
+                        port,
+                        local_port,
+                        config=sockopts.buffers(self._engine.config, self._options),
+                    )
                     self._flow = flow
                     self._port = local_port
                     now = self._now()
+                    sockopts.apply_options(flow.conn, self._options, now)
                     flow.conn.open_active(now)
                     self._engine.pump(flow, now)
                 elif flow.conn.state not in _OPENING:

@@ -1446,6 +1446,8 @@ class TcpConnection:
         # Round up so the advertised edge never moves left (RFC 7323 §2.4).
         field = min((window + (1 << shift) - 1) >> shift, _MAX_FIELD)
         self._rcv_adv_edge = seq.add(self.rcv_nxt, field << shift)
+        if not field:
+            self.stats["zero_windows_sent"] += 1
         options = NO_OPTIONS
         if self.ts_ok or (self.sack_ok and self._ooo):
             ts = (self._ts_value(now or 0.0), self.ts_recent) if self.ts_ok else None

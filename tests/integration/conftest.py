@@ -18,11 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tcpstack import lab, netns
+from tcpstack import lab as lab_module
+from tcpstack import netns
+from tcpstack.stack import Stack
+from tests.integration.kernel import open_stack
+from tests.integration.report import REPORT
 
 
 def _lab_namespaces() -> set[str]:
-    return {n for n in netns.listnetns() if n.startswith(lab.NAME_PREFIX)}
+    return {n for n in netns.listnetns() if n.startswith(lab_module.NAME_PREFIX)}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,3 +56,29 @@ def lab_records() -> Iterator[Path]:
 def _needs_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("network namespace tests need root")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if REPORT:
+        terminalreporter.section("transfers under impairment: tcpstack beside kernel<->kernel")
+        for line in REPORT:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(params=["veth", "tap"])
+def lab(request: pytest.FixtureRequest) -> Iterator[lab_module.Lab]:
+    """A fresh lab of each link kind: every test that takes it runs on veth and on TAP."""
+    with lab_module.Lab(request.param) as made:
+        yield made
+
+
+@pytest.fixture
+def stack(lab: lab_module.Lab) -> Iterator[Stack]:
+    """Our endpoint in that lab; the test fails if the engine hit an internal error."""
+    s = open_stack(lab)
+    try:
+        yield s
+    finally:
+        stats = s.stats()
+        s.close()
+    assert stats.get("internal_errors", 0) == 0

@@ -14,10 +14,14 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from tcpstack import TcpConfig
 from tcpstack.lab import Lab
+from tcpstack.stack import Socket, Stack
 
 T = TypeVar("T")
 TIMEOUT = 10.0
+PORT = 9000
+MSL = 0.25  # TIME-WAIT of half a second keeps the suite quick
 
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="kernel-side")
 
@@ -62,3 +66,24 @@ def recv_all(sock: Any) -> bytes:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def open_stack(lab: Lab, **kw: Any) -> Stack:
+    """Our endpoint on the lab's interface, with a short MSL unless told otherwise."""
+    config = kw.pop("config", TcpConfig(msl=MSL))
+    return Stack(
+        lab.endpoint_interface, lab.endpoint_cidr, netns=lab.endpoint_netns, config=config, **kw
+    )
+
+
+def connect(stack: Stack, lab: Lab, port: int = PORT) -> tuple[Socket, socket.socket]:
+    """Connect to a kernel listener; returns (our socket, the kernel's accepted socket)."""
+    server = kernel_server(lab, port)
+    accepted = in_thread(server.accept)
+    s = stack.socket()
+    s.settimeout(TIMEOUT)
+    s.connect((lab.peer_address, port))
+    peer, _ = accepted.result(TIMEOUT)
+    server.close()
+    peer.settimeout(TIMEOUT)
+    return s, peer

@@ -8,70 +8,28 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from tcpstack import State, TcpConfig
+from tcpstack import State
 from tcpstack.isn import fixed_isn
 from tcpstack.lab import Lab
 from tcpstack.stack import Stack
 from tests.integration.kernel import (
+    MSL,
+    PORT,
     TIMEOUT,
+    connect,
     in_thread,
-    kernel_server,
     kernel_socket,
     kernel_state,
+    open_stack,
     recv_all,
     sha256,
     wait_until,
 )
 
 pytestmark = pytest.mark.netns
-
-PORT = 9000
-MSL = 0.25  # TIME-WAIT of half a second keeps the suite quick
-
-
-@pytest.fixture(params=["veth", "tap"])
-def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    with Lab(request.param) as lab:
-        yield lab
-
-
-def open_stack(lab: Lab, **kw: object) -> Stack:
-    config = kw.pop("config", TcpConfig(msl=MSL))
-    return Stack(
-        lab.endpoint_interface,
-        lab.endpoint_cidr,
-        netns=lab.endpoint_netns,
-        config=config,  # type: ignore[arg-type]
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-@pytest.fixture
-def stack(lab: Lab) -> Iterator[Stack]:
-    s = open_stack(lab)
-    try:
-        yield s
-    finally:
-        stats = s.stats()
-        s.close()
-    assert stats.get("internal_errors", 0) == 0
-
-
-def connect(stack: Stack, lab: Lab, port: int = PORT):  # type: ignore[no-untyped-def]
-    """Connect to a kernel listener; returns (our socket, the kernel's accepted socket)."""
-    server = kernel_server(lab, port)
-    accepted = in_thread(server.accept)
-    s = stack.socket()
-    s.settimeout(TIMEOUT)
-    s.connect((lab.peer_address, port))
-    peer, _ = accepted.result(TIMEOUT)
-    server.close()
-    peer.settimeout(TIMEOUT)
-    return s, peer
 
 
 # ------------------------------------------------------------------ opening

@@ -69,12 +69,12 @@ def test_ruleset_text() -> None:
     text = loss_ruleset("tcps-abc123-p", nth=2, tcp_flags="ack,syn", direction="out")
     assert "tcp flags & (fin | syn | rst | ack) == syn | ack" in text
     assert "numgen inc mod 4294967295 == 1" in text
-    assert 'oifname "tcps-abc123-p"' in text and "hook input" not in text
+    assert 'hook egress device "tcps-abc123-p"' in text and "hook ingress" not in text
     text = loss_ruleset("tcps-abc123-p", 5, direction="in")
-    assert "numgen random mod 100 < 5 " in text and "hook output" not in text
+    assert "numgen random mod 100 < 5 " in text and "hook egress" not in text
     assert "numgen random mod 10000 < 1250 " in loss_ruleset("x", 12.5)
     both = loss_ruleset("x")
-    assert "hook input" in both and "hook output" in both and "numgen" not in both
+    assert "hook ingress" in both and "hook egress" in both and "numgen" not in both
 
 
 @pytest.mark.parametrize(

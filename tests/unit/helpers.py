@@ -332,3 +332,39 @@ class Pair:
 
     def transitions(self, name: str) -> list[tuple[State, State]]:
         return [(e.old, e.new) for e in self.events[name] if isinstance(e, StateChanged)]
+
+
+# ------------------------------------------------------- the default options profile
+
+# Linux-like defaults (window scaling, SACK, timestamps, CUBIC), minus delayed ACKs
+# and Nagle so that each input has an immediate, checkable answer.
+FULL = TcpConfig(msl=1.0, delayed_ack=0.0, quick_acks=0, nagle=False)
+ISS = 1000
+PEER_TS = 777_000
+
+
+def peer(
+    flags: str,
+    seq_no: int,
+    ack: int = 0,
+    *,
+    win: int = 65535,
+    data: bytes = b"",
+    ts: tuple[int, int] | None = None,
+    sack: tuple[tuple[int, int], ...] = (),
+    **options: object,
+) -> Segment:
+    opts = Options(timestamps=ts, sack_blocks=sack, **options)  # type: ignore[arg-type]
+    return Segment(REMOTE_PORT, LOCAL_PORT, seq_no, ack, parse_flags(flags), win, opts, data)
+
+
+def active(config: TcpConfig | None = None, **syn_ack_options: object) -> tuple[Driver, Segment]:
+    """Open actively; the peer answers with a SYN-ACK carrying the given options."""
+    conn = TcpConnection(config or FULL, LOCAL_PORT, REMOTE_PORT, iss=ISS, ts_offset=5000, name="t")
+    d = Driver(conn, local_iss=ISS)
+    conn.open_active(0.0)
+    (syn,) = d.flush()
+    syn_ack = peer("S.", REMOTE_ISS, ISS + 1, win=65535, **syn_ack_options)  # type: ignore[arg-type]
+    d.push(syn_ack, at=0.01)
+    assert conn.state is State.ESTABLISHED
+    return d, syn

@@ -7,6 +7,7 @@ run in the unit tier and pin the engine's ARP, ICMP, demux and failure behaviour
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import select
 import time
 from collections.abc import Callable, Iterator
@@ -212,3 +213,120 @@ def test_an_idle_stack_has_no_deadline(pair: tuple[Stack, Peer]) -> None:
     listener.listen()
     with stack._engine.lock:
         assert stack._engine._next_deadline() is None
+
+
+def test_reset_half_open_connection_leaves_no_zombie(pair: tuple[Stack, Peer]) -> None:
+    # A client that gives up in SYN_SENT and reuses its port must be served afresh.
+    stack, peer = pair
+    listener = stack.socket()
+    listener.bind(("", 80))
+    listener.listen()
+    listener.settimeout(TIMEOUT)
+    peer.send_tcp(Segment(5555, 80, 4242, 0, Flags.SYN, 64240, Options(mss=1460)))
+    peer.answer_arp()
+    syn_ack = peer.tcp()
+    peer.send_tcp(Segment(5555, 80, 4243, 0, Flags.RST, 0))
+    peer.ping(1)  # the RST has been processed
+    assert [c.state for c in stack.connections()] == [State.LISTEN]
+    # The same 4-tuple again: a new handshake, and accept() hands it over.
+    peer.send_tcp(Segment(5555, 80, 9000, 0, Flags.SYN, 64240, Options(mss=1460)))
+    syn_ack = peer.tcp()
+    assert syn_ack.ack == 9001
+    peer.send_tcp(Segment(5555, 80, 9001, syn_ack.seq + 1, Flags.ACK, 64240))
+    conn, address = listener.accept()
+    assert address == (PEER_IP, 5555) and conn.state is State.ESTABLISHED
+
+
+def test_listener_answers_a_stray_ack_with_rst_to_its_port(pair: tuple[Stack, Peer]) -> None:
+    stack, peer = pair
+    listener = stack.socket()
+    listener.bind(("", 80))
+    listener.listen()
+    peer.send_tcp(Segment(5555, 80, 4242, 777, Flags.ACK, 64240))
+    peer.answer_arp()
+    rst = peer.tcp()
+    assert (rst.src_port, rst.dst_port) == (80, 5555)
+    assert rst.describe() == "R 777:777(0) win 0"
+
+
+def test_full_accept_queue_drops_the_final_ack(pair: tuple[Stack, Peer]) -> None:
+    stack, peer = pair
+    listener = stack.socket()
+    listener.bind(("", 80))
+    listener.listen(1)
+    listener.settimeout(TIMEOUT)
+    acks = []
+    for port in (5001, 5002):
+        peer.send_tcp(Segment(port, 80, 100, 0, Flags.SYN, 64240, Options(mss=1460)))
+        if port == 5001:
+            peer.answer_arp()
+        syn_ack = peer.tcp()
+        acks.append(Segment(port, 80, 101, syn_ack.seq + 1, Flags.ACK, 64240))
+    for ack in acks:
+        peer.send_tcp(ack)
+    peer.ping(2)
+    # One fits the backlog of 1; the other's ACK was dropped and it waits half-open.
+    assert stack.stats()["drop_listen_overflow"] == 1
+    states = sorted(c.state.name for c in stack.connections())
+    assert states == ["ESTABLISHED", "LISTEN", "SYN_RECEIVED"]
+    listener.accept()
+    peer.send_tcp(acks[1])  # the client's ACK again (after our SYN-ACK retransmission)
+    conn, address = listener.accept()
+    assert address == (PEER_IP, 5002)
+
+
+def test_socket_options_reach_the_connection(pair: tuple[Stack, Peer]) -> None:
+    import socket
+
+    stack, peer = pair
+    s = stack.socket()
+    assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0  # Nagle on by default
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"reno")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 100_000)
+    assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 200_000  # doubled, as Linux
+    assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16) == b"reno".ljust(16, b"\0")
+    with pytest.raises(OSError) as e:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 500)
+    assert e.value.errno == errno.ENOPROTOOPT
+    with pytest.raises(OSError) as e:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"bbr")
+    s.settimeout(TIMEOUT)
+    connecting = pool.submit(s.connect, (PEER_IP, 80))
+    peer.answer_arp()
+    syn = peer.tcp()
+    peer.send_tcp(
+        Segment(
+            80, syn.src_port, 7000, syn.seq + 1, Flags.SYN | Flags.ACK, 65535, Options(mss=1460)
+        )
+    )
+    connecting.result(TIMEOUT)
+    conn = s.connection
+    assert conn is not None
+    assert conn.nodelay and conn.keepalive and conn.cc.name == "reno"
+    assert (conn.keepalive_idle, conn.keepalive_interval, conn.keepalive_probes) == (30, 5, 4)
+    assert conn.config.receive_buffer == 200_000
+    info = s.info()
+    assert info is not None and info.congestion == "reno" and info.state is State.ESTABLISHED
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+    assert not conn.nodelay
+
+
+def test_stack_counters_include_ended_connections(pair: tuple[Stack, Peer]) -> None:
+    stack, peer = pair
+    s = stack.socket()
+    s.settimeout(TIMEOUT)
+    connecting = pool.submit(s.connect, (PEER_IP, 80))
+    peer.answer_arp()
+    syn = peer.tcp()
+    peer.send_tcp(Segment(80, syn.src_port, 7000, 0, Flags.RST | Flags.ACK, 0))
+    peer.send_tcp(Segment(80, syn.src_port, 7000, syn.seq + 1, Flags.RST | Flags.ACK, 0))
+    with pytest.raises(ConnectionRefusedError):
+        connecting.result(TIMEOUT)
+    stats = stack.stats()
+    assert stats["segments_out"] >= 1 and stats["segments_in"] == 2
+    assert stats["drop_syn_sent_bad_ack"] == 1

@@ -1,0 +1,124 @@
+"""Delayed ACKs, Nagle, zero windows, keep-alive and orphans, with a fake clock."""
+
+from dataclasses import replace
+
+from tcpstack.core import seq
+from tcpstack.core.events import ConnectionClosed, ConnectionTimedOut
+from tcpstack.core.segment import Flags
+from tcpstack.core.state import State
+from tests.unit.helpers import CONFIG, ISS, REMOTE_ISS, active, established, peer, seg
+
+R1 = REMOTE_ISS + 1
+
+
+def test_delayed_ack_every_second_full_segment_or_after_40ms() -> None:
+    d, _ = active(replace(CONFIG, delayed_ack=0.04, quick_acks=2), mss=1460)
+    full = b"x" * 1460
+    # Quick-ACK mode at the start: the first two segments are ACKed at once.
+    assert len(d.push(peer("P.", R1, ISS + 1, data=full))) == 1
+    assert len(d.push(peer("P.", R1 + 1460, ISS + 1, data=full))) == 1
+    # Then one ACK for every second full segment...
+    assert d.push(peer("P.", R1 + 2920, ISS + 1, data=full)) == []
+    (ack,) = d.push(peer("P.", R1 + 4380, ISS + 1, data=full))
+    assert ack.ack == R1 + 5840
+    # ...and a lone segment waits 40 ms, no more.
+    assert d.push(peer("P.", R1 + 5840, ISS + 1, data=b"y")) == []
+    timer = d.conn.get_timer()
+    assert timer is not None and abs(timer - (d.now + 0.04)) < 1e-9
+    (ack,) = d.advance(timer)
+    assert ack.ack == R1 + 5841
+
+
+def test_out_of_order_and_fin_are_acked_at_once_even_when_delaying() -> None:
+    d, _ = active(replace(CONFIG, delayed_ack=0.04, quick_acks=0), mss=1460)
+    assert len(d.push(peer("P.", R1 + 100, ISS + 1, data=b"later"))) == 1
+    assert len(d.push(peer("F.", R1 + 105, ISS + 1))) == 1
+
+
+def test_data_we_send_carries_the_pending_ack() -> None:
+    d, _ = active(replace(CONFIG, delayed_ack=0.04, quick_acks=0), mss=1460)
+    assert d.push(peer("P.", R1, ISS + 1, data=b"question")) == []
+    d.conn.send(b"answer")
+    (reply,) = d.flush()
+    assert reply.payload == b"answer" and reply.ack == R1 + 8
+    assert d.advance(d.now + 0.1) == []  # the delayed-ACK timer was cancelled
+
+
+def test_nagle_holds_a_small_segment_while_data_is_unacknowledged() -> None:
+    d, _ = active(replace(CONFIG, nagle=True), mss=1460)
+    d.conn.send(b"a")
+    assert [s.payload for s in d.flush()] == [b"a"]  # nothing in flight: goes at once
+    d.conn.send(b"b")
+    d.conn.send(b"c")
+    assert d.flush() == []  # small, and "a" is unacknowledged
+    (s,) = d.push(peer(".", R1, ISS + 2))
+    assert s.payload == b"bc"  # coalesced, sent when the ACK came
+
+
+def test_tcp_nodelay_sends_small_segments_at_once() -> None:
+    d, _ = active(replace(CONFIG, nagle=True), mss=1460)
+    d.conn.nodelay = True
+    d.conn.send(b"a")
+    d.flush()
+    d.conn.send(b"b")
+    assert [s.payload for s in d.flush()] == [b"b"]
+
+
+def test_probe_bytes_are_resent_at_once_when_the_window_opens() -> None:
+    # A Linux receiver drops the byte of a zero-window probe. When its window opens,
+    # that byte must go again immediately, not after a backed-off RTO.
+    d = established()
+    d.push(seg(".", d.r(1), d.l(1), win=0))
+    d.conn.send(b"abcdef")
+    assert d.flush() == []  # nothing fits a zero window; the persist timer starts
+    for _ in range(6):  # probes with growing backoff, each answered with win 0
+        probe = d.fire_timer()
+        assert [s.payload for s in probe] == [b"a"]
+        d.push(seg(".", d.r(1), d.l(1), win=0))
+    sent = d.push(seg(".", d.r(1), d.l(1), win=1000))
+    assert sent[0].seq == d.l(1) and b"".join(s.payload for s in sent) == b"abcdef"
+
+
+def test_keepalive_probes_then_times_out() -> None:
+    d = established()
+    d.conn.keepalive_idle = 10.0
+    d.conn.keepalive_interval = 2.0
+    d.conn.keepalive_probes = 3
+    d.conn.set_keepalive(True, d.now)
+    start = d.now
+    (probe,) = d.advance(start + 10.0)
+    # Linux's form: one byte before SND.NXT, no data, which the peer must ACK.
+    assert probe.seq == seq.add(d.conn.snd_una, -1) and probe.payload == b""
+    # An answer resets the count; silence after three probes drops the connection.
+    d.push(seg(".", d.r(1), d.l(1)))
+    for _ in range(3):
+        assert len(d.fire_timer()) == 1
+    d.fire_timer()
+    assert d.conn.state is State.CLOSED
+    assert d.event_types()[-1] is ConnectionTimedOut
+
+
+def test_keepalive_off_sends_nothing_when_idle() -> None:
+    d = established()
+    assert d.conn.get_timer() is None
+    assert d.advance(d.now + 10_000) == []
+
+
+def test_orphan_in_fin_wait_2_times_out_quietly() -> None:
+    d = established(config=replace(CONFIG, fin_timeout=5.0))
+    d.conn.orphan(d.now)
+    d.flush()
+    d.push(seg(".", d.r(1), d.l(2)))
+    assert d.conn.state is State.FIN_WAIT_2
+    assert d.advance(d.now + 5.0) == []  # no RST, as Linux
+    assert d.conn.state is State.CLOSED
+    assert d.event_types()[-1] is ConnectionClosed
+
+
+def test_data_for_an_orphan_is_answered_with_rst() -> None:
+    d = established()
+    d.conn.orphan(d.now)
+    d.flush()
+    sent = d.push(seg("P.", d.r(1), d.l(2), data=b"nobody reads this"))
+    assert [s.flags for s in sent] == [Flags.RST]
+    assert d.conn.state is State.CLOSED
