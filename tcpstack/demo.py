@@ -104,6 +104,7 @@ def run(
                 if ks.state != "LISTEN":
                     note("kernel", f"ss: {ks.state} {ks.local[0]}:{ks.local[1]}")
             stack.remove_observer(observe)
+            counters = stack.stats()
         emit("")
         result.lines = ladder.render()
         for line in result.lines:
@@ -111,6 +112,17 @@ def run(
         elapsed = time.monotonic() - start
         emit("")
         emit(f"{len(ladder.rows)} segments in {elapsed * 1000:.1f} ms; reply {result.reply!r}")
+        shown = ("segments_in", "segments_out", "retransmissions", "frames_in", "frames_out")
+        emit(
+            "counters: "
+            + ", ".join(f"{k} {counters.get(k, 0)}" for k in shown)
+            + (
+                "; drops: "
+                + ", ".join(f"{k[5:]} {v}" for k, v in counters.items() if k.startswith("drop_"))
+                if any(k.startswith("drop_") for k in counters)
+                else ""
+            )
+        )
     return result
 
 

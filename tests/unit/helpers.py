@@ -285,6 +285,8 @@ class Pair:
         self.events: dict[str, list[Event]] = {"a": [], "b": []}
         self._wire: list[tuple[float, str, Segment]] = []
         self.drop: set[int] = set()  # indexes (in self.log order) of segments to lose
+        self.duplicate: set[int] = set()  # ... to deliver twice
+        self.delay: dict[int, float] = {}  # ... to hold back this much longer (reordering)
         self.received: dict[str, bytearray] = {"a": bytearray(), "b": bytearray()}
 
     def conn(self, name: str) -> TcpConnection:
@@ -295,8 +297,13 @@ class Pair:
         for s in c.segments_to_send(self.now):
             index = len(self.log)
             self.log.append((name, s))
-            if index not in self.drop:
-                self._wire.append((self.now + self.latency, "b" if name == "a" else "a", s))
+            if index in self.drop:
+                continue
+            arrival = self.now + self.latency + self.delay.get(index, 0.0)
+            other = "b" if name == "a" else "a"
+            self._wire.append((arrival, other, s))
+            if index in self.duplicate:
+                self._wire.append((arrival + self.latency / 10, other, s))
         while (ev := c.next_event()) is not None:
             self.events[name].append(ev)
         self.received[name] += c.receive(1 << 20)
