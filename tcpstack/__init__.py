@@ -5,8 +5,8 @@ RFC 9293 states) and TcpConfig (tunables). The lab for test networks lives in
 tcpstack.lab; the sans-I/O core in tcpstack.core.
 """
 
-from tcpstack.config import TcpConfig
+from tcpstack.config import StackConfig, TcpConfig
 from tcpstack.core.state import State
 from tcpstack.stack import ConnectionInfo, Socket, Stack
 
-__all__ = ["ConnectionInfo", "Socket", "Stack", "State", "TcpConfig"]
+__all__ = ["ConnectionInfo", "Socket", "Stack", "StackConfig", "State", "TcpConfig"]

@@ -19,6 +19,9 @@ REQUEST_INTERVAL = 1.0
 REQUEST_TRIES = 3
 MAX_PENDING_FRAMES = 64
 MAX_ENTRIES = 1024
+# Addresses being resolved at once: a SYN flood from spoofed on-link sources must not
+# make us hold a queue for every address it names.
+MAX_PENDING_ADDRESSES = 256
 
 
 Item = TypeVar("Item")
@@ -34,9 +37,16 @@ class _Pending(Generic[Item]):
 class ArpCache(Generic[Item]):
     """IPv4 -> MAC with expiry, plus items (frames) waiting for a resolution."""
 
-    def __init__(self, *, lifetime: float = ENTRY_LIFETIME, max_entries: int = MAX_ENTRIES):
+    def __init__(
+        self,
+        *,
+        lifetime: float = ENTRY_LIFETIME,
+        max_entries: int = MAX_ENTRIES,
+        max_pending: int = MAX_PENDING_ADDRESSES,
+    ):
         self._lifetime = lifetime
         self._max_entries = max_entries
+        self._max_pending = max_pending
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._pending: dict[str, _Pending[Item]] = {}
         self.dropped_frames = 0
@@ -65,6 +75,9 @@ class ArpCache(Generic[Item]):
 
     def enqueue(self, ip: str, frame: Item, now: float) -> bool:
         """Hold a frame until ip resolves. Returns True if a request should go out now."""
+        if ip not in self._pending and len(self._pending) >= self._max_pending:
+            self.dropped_frames += 1
+            return False
         pending = self._pending.setdefault(ip, _Pending[Item]())
         if len(pending.frames) >= MAX_PENDING_FRAMES:
             # Oldest first out: TCP retransmits whatever we lose here.

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-compare", action="store_true", help="skip the kernel-to-kernel reference run"
     )
 
+    memory = sub.add_parser(
+        "memory", help="measure memory per half-open and per established connection"
+    )
+    memory.add_argument("--connections", type=int, default=1000)
+
     lab = sub.add_parser("lab", help="create or remove a lab network")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)
     up = lab_sub.add_parser("up", help="create a lab that stays up until `lab down`")
@@ -92,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if result.ok else 1
     if args.command == "transfer":
         return _transfer(args)
+    if args.command == "memory":
+        from tcpstack.measure import measure
+
+        for line in measure(args.connections).lines():
+            print(line)
+        return 0
     if args.command == "lab":
         if args.lab_command == "up":
             created = lab_module.main_up(args.kind, persist=True)
@@ -150,4 +161,9 @@ def _transfer(args: argparse.Namespace) -> int:
         )
         counters = {k: v for k, v in sorted(i.counters.items()) if v}
         print("  counters: " + ", ".join(f"{k} {v}" for k, v in counters.items()))
+    if ours.drops:
+        print(
+            "  dropped: "
+            + ", ".join(f"{k.removeprefix('drop_')} {v}" for k, v in ours.drops.items())
+        )
     return 0 if ours.ok else 1

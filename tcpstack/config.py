@@ -80,6 +80,10 @@ class TcpConfig:
     """How long an orphaned connection (socket closed) waits in FIN-WAIT-2 for the
     peer's FIN (Linux tcp_fin_timeout)."""
 
+    invalid_ack_interval: float = 0.5
+    """At most one challenge ACK, or one ACK for an out-of-window segment without
+    data, per this many seconds per connection (Linux tcp_invalid_ratelimit)."""
+
     syn_retries: int = 6
     """SYN retransmissions before connect() gives up (Linux tcp_syn_retries)."""
 
@@ -107,3 +111,27 @@ class TcpConfig:
             raise ValueError("need 0 < rto_min <= rto_initial <= rto_max")
         if self.msl < 0:
             raise ValueError("msl must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class StackConfig:
+    """Limits that keep a stack's memory bounded whatever the network sends."""
+
+    max_half_open: int = 256
+    """Half-open connections per listener before SYN cookies take over (Linux
+    tcp_max_syn_backlog is larger; a userspace endpoint has less to spare)."""
+
+    syn_cookies: bool = True
+    """Answer SYNs statelessly when the half-open queue is full (RFC 4987; Linux's
+    tcp_syncookies=1). Off, excess SYNs are dropped."""
+
+    max_time_wait: int = 4096
+    """Connections held in TIME-WAIT at once; beyond this, a closing connection skips
+    TIME-WAIT, as Linux does past tcp_max_tw_buckets."""
+
+    challenge_acks_per_second: int = 1000
+    """Challenge ACKs the whole stack sends per second (RFC 5961 §7; Linux's
+    tcp_challenge_ack_limit before 6.0 defaulted to 1000)."""
+
+    max_arp_pending: int = 256
+    """Addresses being resolved at once; frames for more are dropped."""

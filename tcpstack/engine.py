@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from tcpstack import sockopts, wire
 from tcpstack.arp import ArpCache
-from tcpstack.config import TcpConfig
+from tcpstack.config import StackConfig, TcpConfig
 from tcpstack.core import seq
 from tcpstack.core.connection import TcpConnection, reset_for_unknown
 from tcpstack.core.events import (
@@ -42,10 +42,12 @@ from tcpstack.core.events import (
     ReturnedToListen,
     StateChanged,
 )
-from tcpstack.core.segment import Segment
+from tcpstack.core.ratelimit import PerSecondLimit
+from tcpstack.core.segment import Flags, Options, Segment
 from tcpstack.core.state import State
 from tcpstack.isn import IsnFunction, Rfc6528Isn
 from tcpstack.link import Link
+from tcpstack.syncookies import SynCookies
 
 log = logging.getLogger("tcpstack.engine")
 
@@ -53,9 +55,8 @@ log = logging.getLogger("tcpstack.engine")
 EPHEMERAL_PORTS = range(32768, 61000)
 # Frames handled per wake-up before timers and waiters get their turn.
 BATCH_FRAMES = 256
-# Bound on half-open connections per listener (Linux tcp_max_syn_backlog is
-# larger; SYN cookies come with the hardening work).
-MAX_HALF_OPEN = 256
+# How long after sending a SYN cookie a bare ACK to a listener is checked for one.
+COOKIE_WINDOW = 128.0
 
 FlowKey = tuple[str, int, int]
 """(remote IP, remote port, local port): our own IP is the same for every flow."""
@@ -107,6 +108,7 @@ class Listener:
     half_open: set[Flow] = field(default_factory=set)
     accept_queue: deque[Flow] = field(default_factory=deque)
     closed: bool = False
+    cookies_sent_at: float | None = None  # last time the half-open queue overflowed
 
 
 class Engine:
@@ -117,12 +119,18 @@ class Engine:
         address: str,
         mac: bytes,
         config: TcpConfig,
+        limits: StackConfig | None = None,
         isn: IsnFunction | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         iface = ipaddress.IPv4Interface(address)
+        self.limits = limits or StackConfig()
+        self.challenge_limit = PerSecondLimit(self.limits.challenge_acks_per_second)
+        self.cookies = SynCookies()
+        self.time_wait_count = 0
         self.ip = str(iface.ip)
         self.network = iface.network
+        self._on_link = _OnLink(self.network)
         self.mac = mac
         self.link = link
         self.config = config
@@ -135,7 +143,9 @@ class Engine:
         self.flows: dict[FlowKey, Flow] = {}
         self.listeners: dict[int, Listener] = {}
         self.bound_ports: set[int] = set()
-        self.arp: ArpCache[tuple[bytes, TraceRecord | None]] = ArpCache()
+        self.arp: ArpCache[tuple[bytes, TraceRecord | None]] = ArpCache(
+            max_pending=self.limits.max_arp_pending
+        )
         self.observers: list[Observer] = []
         self.failure: BaseException | None = None
         self._ip_id = itertools.count(random.randrange(0x10000))
@@ -290,6 +300,8 @@ class Engine:
                     self._transmit(arp.sender_mac + frame[6:])
                     if record is not None:
                         self._notify(replace(record, time=now))
+        if arp.target_ip != self.ip:
+            self.stats["arp_not_for_us"] += 1
         if arp.op == 1 and arp.target_ip == self.ip:
             reply = wire.encode_arp(
                 self.mac, arp.sender_mac, 2, self.mac, self.ip, arp.sender_mac, arp.sender_ip
@@ -367,6 +379,11 @@ class Engine:
     def _on_tcp(self, packet: wire.TcpPacket, now: float) -> None:
         seg = packet.segment
         self.stats["tcp_in"] += 1
+        if packet.src_ip == self.ip or packet.src_ip not in self._on_link:
+            # A "land" segment from our own address, or a source we could never
+            # answer on this link: a forgery either way.
+            self.stats["drop_bad_source"] += 1
+            return
         key = (packet.src_ip, seg.src_port, seg.dst_port)
         flow = self.flows.get(key)
         if flow is not None and flow.conn.state is State.TIME_WAIT and self._reopens(flow, seg):
@@ -446,22 +463,35 @@ class Engine:
         self, listener: Listener, packet: wire.TcpPacket, now: float
     ) -> Flow | None:
         seg = packet.segment
+        four = (self.ip, seg.dst_port, packet.src_ip, seg.src_port)
         if seg.syn and not seg.has_ack and not seg.rst:
             if len(listener.accept_queue) >= listener.backlog:
                 # Linux drops SYNs while the accept queue is full; the client retries.
                 self.stats["drop_listen_overflow"] += 1
                 return None
-            if len(listener.half_open) >= MAX_HALF_OPEN:
-                self.stats["drop_syn_queue_full"] += 1
+            if len(listener.half_open) >= self.limits.max_half_open:
+                if not self.limits.syn_cookies or seg.fin:
+                    self.stats["drop_syn_queue_full"] += 1
+                    return None
+                self._send_syn_cookie(listener, packet, four, now)
                 return None
-        iss = self.isn(self.ip, seg.dst_port, packet.src_ip, seg.src_port)
+        elif (
+            seg.has_ack
+            and not (seg.syn or seg.rst)
+            and listener.cookies_sent_at is not None
+            and now - listener.cookies_sent_at < COOKIE_WINDOW
+        ):
+            flow = self._cookie_ack(listener, packet, four, now)
+            if flow is not None:
+                return flow
         conn = TcpConnection(
             listener.config,
             seg.dst_port,
             0,
-            iss=iss,
+            iss=self.isn(*four),
             ts_offset=self._ts_offset(),
             name=f"{seg.dst_port}<{packet.src_ip}:{seg.src_port}",
+            challenge_limit=self.challenge_limit,
         )
         # Options set on the listening socket carry over, as on Linux.
         sockopts.apply_options(conn, listener.options, now)
@@ -478,11 +508,79 @@ class Engine:
             self.flows[flow.key] = flow
             self._observe("in", flow, seg, now)
             return flow
-        # Not a SYN: LISTEN answered (RST for an ACK) or dropped it; nothing to keep.
+        # Not a SYN: LISTEN answered (RST for an ACK) or dropped it; nothing to keep
+        # but its counters (the drop reason is among them).
+        self.ended_stats.update(conn.stats)
         self._observe("in", flow, seg, now)
         for reply in conn.segments_to_send(now):
             self._send_segment(packet.src_ip, reply, now, self._record("out", flow, reply, now))
         return None
+
+    def _send_syn_cookie(
+        self,
+        listener: Listener,
+        packet: wire.TcpPacket,
+        four: tuple[str, int, str, int],
+        now: float,
+    ) -> None:
+        """RFC 4987: answer with a SYN-ACK whose ISN encodes the handshake; keep nothing."""
+        seg = packet.segment
+        peer_mss = seg.options.mss or listener.config.default_peer_mss
+        cookie = self.cookies.make(four, seg.seq, peer_mss, now)
+        window = min(listener.config.receive_buffer, 0xFFFF)
+        reply = Segment(
+            seg.dst_port,
+            seg.src_port,
+            cookie,
+            seg.end_seq,
+            Flags.SYN | Flags.ACK,
+            window,
+            Options(mss=listener.config.mss),
+        )
+        listener.cookies_sent_at = now
+        self.stats["syn_cookies_sent"] += 1
+        self._send_segment(packet.src_ip, reply, now, None)
+
+    def _cookie_ack(
+        self,
+        listener: Listener,
+        packet: wire.TcpPacket,
+        four: tuple[str, int, str, int],
+        now: float,
+    ) -> Flow | None:
+        """The ACK that completes a cookie handshake: rebuild the connection from it."""
+        seg = packet.segment
+        client_isn = seq.add(seg.seq, -1)
+        iss = seq.add(seg.ack, -1)
+        mss = self.cookies.check(four, client_isn, iss, now)
+        if mss is None:
+            return None  # not a cookie of ours: LISTEN answers it with RST
+        if len(listener.accept_queue) >= listener.backlog:
+            self.stats["drop_listen_overflow"] += 1
+            return None
+        conn = TcpConnection.from_syn_cookie(
+            listener.config,
+            seg.dst_port,
+            seg.src_port,
+            iss=iss,
+            irs=client_isn,
+            peer_mss=mss,
+            now=now,
+            name=f"{seg.dst_port}<{packet.src_ip}:{seg.src_port} (cookie)",
+            challenge_limit=self.challenge_limit,
+        )
+        sockopts.apply_options(conn, listener.options, now)
+        key = (packet.src_ip, seg.src_port, seg.dst_port)
+        flow = Flow(conn, packet.src_ip, key, threading.Condition(self.lock), listener=listener)
+        listener.half_open.add(flow)  # ConnectionEstablished moves it to the accept queue
+        self.flows[key] = flow
+        try:
+            conn.handle_segment(seg, now)
+        except Exception as exc:
+            self._core_failed(flow, exc, now)
+        self.stats["syn_cookies_accepted"] += 1
+        self._observe("in", flow, seg, now)
+        return flow
 
     # ---------------------------------------------------------------- pumping
 
@@ -516,8 +614,16 @@ class Engine:
 
     def _on_event(self, flow: Flow, event: object) -> None:
         match event:
-            case StateChanged():
-                pass
+            case StateChanged(old=old, new=new):
+                if new is State.TIME_WAIT:
+                    self.time_wait_count += 1
+                    if self.time_wait_count > self.limits.max_time_wait:
+                        # Like Linux past tcp_max_tw_buckets: skip TIME-WAIT rather
+                        # than let closed connections pile up without bound.
+                        self.stats["time_wait_overflow"] += 1
+                        flow.conn.abort(self.clock())
+                elif old is State.TIME_WAIT:
+                    self.time_wait_count -= 1
             case ConnectionEstablished():
                 listener = flow.listener
                 if listener is not None and flow in listener.half_open:
@@ -557,6 +663,11 @@ class Engine:
         totals.update(self.ended_stats)
         for flow in self.flows.values():
             totals.update(flow.conn.stats)
+        if self.arp.dropped_frames:
+            totals["drop_arp_unresolved"] = self.arp.dropped_frames
+        impairment = getattr(self.link, "stats", None)
+        if impairment:
+            totals.update({f"impair_{k}": v for k, v in impairment.items()})
         return dict(totals)
 
     def _forget(self, flow: Flow) -> None:
@@ -647,6 +758,7 @@ class Engine:
             iss=iss,
             ts_offset=self._ts_offset(),
             name=f"{local_port}>{remote_ip}:{remote_port}",
+            challenge_limit=self.challenge_limit,
         )
         key = (remote_ip, remote_port, local_port)
         flow = Flow(conn, remote_ip, key, threading.Condition(self.lock))
@@ -704,3 +816,25 @@ class Engine:
 def with_link_mss(config: TcpConfig, mtu: int) -> TcpConfig:
     """Our announced MSS follows the link MTU (RFC 9293 §3.7.1: MTU minus 40)."""
     return replace(config, mss=min(config.mss, mtu - 40))
+
+
+class _OnLink:
+    """Membership in our subnet, minus its network and broadcast addresses, cached
+    per address string: it is checked on every segment."""
+
+    def __init__(self, network: ipaddress.IPv4Network) -> None:
+        self._network = network
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, ip: str) -> bool:
+        known = self._cache.get(ip)
+        if known is None:
+            address = ipaddress.IPv4Address(ip)
+            known = (
+                address in self._network
+                and address != self._network.network_address
+                and address != self._network.broadcast_address
+            )
+            if len(self._cache) < 4096:
+                self._cache[ip] = known
+        return known

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from tcpstack import sockopts, wire
-from tcpstack.config import TcpConfig
+from tcpstack.config import StackConfig, TcpConfig
 from tcpstack.core.connection import TcpConnection, TcpInfo
 from tcpstack.core.state import State
 from tcpstack.engine import Engine, Flow, Listener, Observer, with_link_mss
@@ -87,6 +87,7 @@ class Stack:
         netns: str | None = None,
         mac: str | None = None,
         config: TcpConfig | None = None,
+        limits: StackConfig | None = None,
         isn: IsnFunction | None = None,
         create_tap: bool = False,
         impairment: Impairment | str | None = None,
@@ -117,6 +118,7 @@ class Stack:
             address=address,
             mac=self.mac,
             config=with_link_mss(config or TcpConfig(), opened.mtu),
+            limits=limits,
             isn=isn,
         )
         self._engine.start()

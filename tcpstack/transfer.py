@@ -60,6 +60,7 @@ class TransferResult:
     ours: dict[str, int] = field(default_factory=dict)  # our counters (empty for kernel runs)
     kernel: dict[str, int] = field(default_factory=dict)  # the kernel's counter deltas
     info: TcpInfo | None = None
+    drops: dict[str, int] = field(default_factory=dict)  # our stack's drop counters
 
     @property
     def goodput(self) -> float:
@@ -125,7 +126,7 @@ def _payloads(size: int, directions: str) -> tuple[bytes, bytes]:
     return up, down
 
 
-def _exchange(
+def exchange(
     lab: Lab,
     client: Any,
     *,
@@ -134,9 +135,11 @@ def _exchange(
     pause_client: float,
     pause_server: float,
     timeout: float,
+    on_connected: Callable[[], None] | None = None,
 ) -> tuple[float, list[str]]:
     """Connect `client` (ours or a kernel socket) to a kernel server in the peer
-    namespace, move `up` and `down` at once; return the time taken and any problems."""
+    namespace, move `up` and `down` at once; return the time taken and any problems.
+    `on_connected` runs once the connection is established, before data moves."""
     with lab.in_peer():
         server = socket.create_server((lab.peer_address, PORT))
     server.settimeout(timeout)
@@ -155,6 +158,8 @@ def _exchange(
     started = time.monotonic()
     try:
         client.connect((lab.peer_address, PORT))
+        if on_connected is not None:
+            on_connected()
         ours = _Peer(client, up, pause_client)
         ours.run(send=bool(up), receive=bool(down))
         server_thread.join(timeout)
@@ -186,7 +191,7 @@ def run_ours(
         impairment=impairment,
     ) as stack:
         sock = stack.socket()
-        elapsed, problems = _exchange(
+        elapsed, problems = exchange(
             lab,
             sock,
             up=up,
@@ -209,6 +214,7 @@ def run_ours(
         ours={k: totals.get(k, 0) for k in OUR_COUNTERS},
         kernel={k: after.get(k, 0) - before.get(k, 0) for k in KERNEL_COUNTERS},
         info=info,
+        drops={k: v for k, v in sorted(totals.items()) if k.startswith(("drop_", "impair_"))},
     )
 
 
@@ -229,7 +235,7 @@ def run_kernel(
     with lab.in_endpoint():
         client = socket.socket()
     with client:
-        elapsed, problems = _exchange(
+        elapsed, problems = exchange(
             lab,
             client,
             up=up,

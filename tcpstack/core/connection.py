@@ -40,6 +40,7 @@ from tcpstack.core.events import (
     ReturnedToListen,
     StateChanged,
 )
+from tcpstack.core.ratelimit import PerSecondLimit
 from tcpstack.core.reassembly import Reassembler
 from tcpstack.core.rtt import RttEstimator
 from tcpstack.core.rtxqueue import Rack, RetransmitQueue, Sent
@@ -135,8 +136,11 @@ class TcpConnection:
         iss: int,
         ts_offset: int = 0,
         name: str = "",
+        challenge_limit: PerSecondLimit | None = None,
     ) -> None:
         self.config = config
+        self._challenge_limit = challenge_limit  # shared by the stack's connections
+        self._last_oow_ack = -1e9  # when we last answered an out-of-window segment
         self.local_port = local_port
         self.remote_port = remote_port
         self.state = State.CLOSED
@@ -233,6 +237,32 @@ class TcpConnection:
         self._unacked_bytes = 0
         self._quick_acks = config.quick_acks
         self._control: list[Segment] = []  # RSTs and ACKs decided while processing input
+
+    @classmethod
+    def from_syn_cookie(
+        cls,
+        config: TcpConfig,
+        local_port: int,
+        remote_port: int,
+        *,
+        iss: int,
+        irs: int,
+        peer_mss: int,
+        now: float,
+        name: str = "",
+        challenge_limit: PerSecondLimit | None = None,
+    ) -> TcpConnection:
+        """A passive connection whose SYN and SYN-ACK were exchanged statelessly
+        (RFC 4987 SYN cookies), now in SYN-RECEIVED, waiting for the ACK that carried
+        the cookie. Only the MSS survived the cookie; no other option is in force."""
+        conn = cls(config, local_port, 0, iss=iss, name=name, challenge_limit=challenge_limit)
+        conn.open_passive()
+        syn = Segment(remote_port, local_port, irs, 0, _SYN_ONLY, 0, Options(mss=peer_mss))
+        conn.handle_segment(syn, now)
+        conn._syn_sent = True  # the SYN-ACK went out, as a cookie
+        conn._syn_window = min(conn.rcv_wnd, _MAX_FIELD)
+        conn._rcv_adv_edge = seq.add(conn.rcv_nxt, conn._syn_window)
+        return conn
 
     # ------------------------------------------------------------------ queries
 
@@ -580,6 +610,10 @@ class TcpConnection:
         if not seg.syn:
             self.stats["drop_listen_no_syn"] += 1
             return
+        if seg.fin:
+            # SYN and FIN together open and close at once: Linux drops it, and so do we.
+            self.stats["drop_listen_syn_fin"] += 1
+            return
         # Policy: data or FIN on a SYN is not queued (we ACK only the SYN, and the
         # peer retransmits the data), which §3.10.7.2 allows.
         self.remote_port = seg.src_port
@@ -704,7 +738,7 @@ class TcpConnection:
             and not self._disordered_ack(seg, ts[0])
         ):
             self.stats["drop_paws"] += 1
-            self._ack_due = True
+            self._oow_ack(seg, now)
             return
 
         # First: sequence number check.
@@ -715,7 +749,7 @@ class TcpConnection:
                 self._time_wait_at = now + 2 * self.config.msl
                 self.stats["fin_retransmits_seen"] += 1
             if not seg.rst:
-                self._ack_due = True
+                self._oow_ack(seg, now)
             self.stats["drop_unacceptable"] += 1
             return
 
@@ -739,7 +773,7 @@ class TcpConnection:
             if state is State.SYN_RECEIVED and self.passive:
                 self._return_to_listen(seg)
                 return
-            self._challenge_ack()
+            self._challenge_ack(now)
             return
 
         # Fifth: ACK.
@@ -791,7 +825,7 @@ class TcpConnection:
     def _on_rst(self, seg: Segment, now: float) -> None:
         if seg.seq != self.rcv_nxt:
             # In the window but not exact: challenge ACK (RFC 5961 §3.2).
-            self._challenge_ack()
+            self._challenge_ack(now)
             return
         match self.state:
             case State.SYN_RECEIVED:
@@ -821,8 +855,30 @@ class TcpConnection:
         self._set_state(State.LISTEN, cause)
         self._events.append(ReturnedToListen())
 
-    def _challenge_ack(self) -> None:
+    def _challenge_ack(self, now: float) -> None:
+        """RFC 5961: an ACK for the peer to prove itself, at most one per
+        invalid_ack_interval per connection and within the stack's per-second budget
+        (Linux's tcp_invalid_ratelimit and tcp_challenge_ack_limit)."""
+        if now - self._last_oow_ack < self.config.invalid_ack_interval:
+            self.stats["challenge_acks_suppressed"] += 1
+            return
+        if self._challenge_limit is not None and not self._challenge_limit.allow(now):
+            self.stats["challenge_acks_suppressed"] += 1
+            return
+        self._last_oow_ack = now
         self.stats["challenge_acks"] += 1
+        self._ack_due = True
+
+    def _oow_ack(self, seg: Segment, now: float) -> None:
+        """The ACK owed for an unacceptable segment (RFC 9293 §3.10.7.4). A segment that
+        carries data is always answered; one without data (or a SYN) at most once per
+        invalid_ack_interval, as Linux's tcp_oow_rate_limited() does, so two endpoints
+        that disagree cannot ping-pong ACKs forever."""
+        if seg.syn or not (seg.payload or seg.fin):
+            if now - self._last_oow_ack < self.config.invalid_ack_interval:
+                self.stats["oow_acks_suppressed"] += 1
+                return
+            self._last_oow_ack = now
         self._ack_due = True
 
     def _on_ack(self, seg: Segment, now: float) -> bool:
@@ -845,13 +901,13 @@ class TcpConnection:
                 return False
 
         if seq.gt(ack, self.snd_nxt):
-            # Acknowledges something not yet sent: ACK and drop (§3.10.7.4).
-            self._ack_due = True
+            # Acknowledges something not yet sent: ACK and drop (§3.10.7.4, RFC 5961 §5.2).
+            self._challenge_ack(now)
             self.stats["drop_ack_unsent"] += 1
             return False
         if self.max_snd_wnd and seq.lt(ack, seq.add(self.snd_una, -self.max_snd_wnd)):
             # RFC 5961 §5.2: older than SND.UNA - MAX.SND.WND is not acceptable.
-            self._challenge_ack()
+            self._challenge_ack(now)
             self.stats["drop_ack_too_old"] += 1
             return False
 

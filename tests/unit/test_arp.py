@@ -49,3 +49,10 @@ def test_cache_is_bounded() -> None:
     for i in range(5):
         cache.learn(f"198.18.0.{i}", MAC, 0.0)
     assert sorted(cache.entries(0.0)) == ["198.18.0.2", "198.18.0.3", "198.18.0.4"]
+
+
+def test_addresses_being_resolved_are_bounded() -> None:
+    cache: ArpCache[int] = ArpCache(max_pending=2)
+    assert cache.enqueue("198.18.0.1", 1, 0.0) and cache.enqueue("198.18.0.2", 2, 0.0)
+    assert cache.enqueue("198.18.0.3", 3, 0.0) is False
+    assert cache.dropped_frames == 1 and cache.learn("198.18.0.3", MAC, 0.0) == []

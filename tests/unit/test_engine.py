@@ -6,93 +6,17 @@ run in the unit tier and pin the engine's ARP, ICMP, demux and failure behaviour
 
 from __future__ import annotations
 
-import concurrent.futures
 import errno
-import select
-import time
-from collections.abc import Callable, Iterator
 
 import pytest
 
-from tcpstack import State, TcpConfig, wire
+from tcpstack import State, wire
 from tcpstack.core.segment import Flags, Options, Segment
-from tcpstack.isn import fixed_isn
 from tcpstack.link import MemoryLink
 from tcpstack.stack import Stack
+from tests.unit.peer import OUR_IP, OUR_MAC, PEER_IP, PEER_MAC, TIMEOUT, Peer, pair, pool
 
-PEER_MAC = bytes.fromhex("02aa00000001")
-OUR_MAC = "02:bb:00:00:00:02"
-PEER_IP = "198.18.0.1"
-OUR_IP = "198.18.0.2"
-TIMEOUT = 5.0
-
-pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
-
-
-class Peer:
-    """The far end of the link: sends frames and waits for the endpoint's replies."""
-
-    def __init__(self, link: MemoryLink) -> None:
-        self.link = link
-        self.our_mac = wire.parse_mac(OUR_MAC)
-
-    def send(self, frame: bytes) -> None:
-        self.link.send(frame)
-
-    def send_tcp(self, seg: Segment) -> None:
-        self.send(wire.encode_tcp(PEER_MAC, self.our_mac, PEER_IP, OUR_IP, seg))
-
-    def receive(self, want: Callable[[wire.Decoded], bool], what: str) -> wire.Decoded:
-        deadline = time.monotonic() + TIMEOUT
-        while (remaining := deadline - time.monotonic()) > 0:
-            select.select([self.link], [], [], remaining)
-            for frame, _ in self.link.recv_batch():
-                packet = wire.decode_frame(frame)
-                if want(packet):
-                    return packet
-        raise AssertionError(f"no {what} within {TIMEOUT}s")
-
-    def tcp(self) -> Segment:
-        packet = self.receive(lambda p: isinstance(p, wire.TcpPacket), "TCP segment")
-        assert isinstance(packet, wire.TcpPacket)
-        assert (packet.src_mac, packet.dst_mac) == (self.our_mac, PEER_MAC)
-        return packet.segment
-
-    def answer_arp(self) -> None:
-        request = self.receive(lambda p: isinstance(p, wire.ArpPacket), "ARP request")
-        assert isinstance(request, wire.ArpPacket) and request.op == 1
-        assert request.target_ip == PEER_IP and request.sender_ip == OUR_IP
-        self.send(
-            wire.encode_arp(PEER_MAC, self.our_mac, 2, PEER_MAC, PEER_IP, self.our_mac, OUR_IP)
-        )
-
-    def ping(self, sequence: int) -> wire.IcmpEcho:
-        self.send(
-            wire.encode_icmp_echo(
-                PEER_MAC,
-                self.our_mac,
-                PEER_IP,
-                OUR_IP,
-                type=8,
-                ident=77,
-                sequence=sequence,
-                payload=b"are you there",
-            )
-        )
-        reply = self.receive(lambda p: isinstance(p, wire.IcmpEcho), "echo reply")
-        assert isinstance(reply, wire.IcmpEcho)
-        return reply
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[Stack, Peer]]:
-    ours, theirs = MemoryLink.pair()
-    stack = Stack(ours, f"{OUR_IP}/24", mac=OUR_MAC, config=TcpConfig(msl=0.2), isn=fixed_isn(1000))
-    try:
-        yield stack, Peer(theirs)
-    finally:
-        stack.close()
-        theirs.close()
+__all__ = ["pair"]  # the fixture, used by name
 
 
 def test_arp_request_for_our_address_is_answered(pair: tuple[Stack, Peer]) -> None:
