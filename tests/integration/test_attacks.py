@@ -163,12 +163,19 @@ def test_syn_flood_does_not_stop_real_clients(lab: Lab) -> None:
         try:
             wait_until(lambda: stack.stats().get("syn_cookies_sent", 0) > 100, "cookies")
             for i in range(10):
+                # The client speaks first, as with HTTP: under SYN cookies that is
+                # what survives the loss of its final ACK (the listener holds no state
+                # until an ACK arrives; the client's data, retransmitted, carries one).
                 client = kernel_socket(lab)
-                connected = in_thread(client.connect, (stack.address, LISTEN_PORT))
-                conn, _ = listener.accept()
-                connected.result(TIMEOUT)
-                with conn, client:
+
+                def speak(client: socket.socket = client, i: int = i) -> None:
+                    client.connect((stack.address, LISTEN_PORT))
                     client.sendall(b"real %d" % i)
+
+                spoken = in_thread(speak)
+                conn, _ = listener.accept()
+                spoken.result(TIMEOUT)
+                with conn, client:
                     assert conn.recv(100) == b"real %d" % i
         finally:
             sent = flood.finish()
