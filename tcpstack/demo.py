@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from tcpstack.config import TcpConfig
 from tcpstack.core.state import State
-from tcpstack.engine import TraceRecord
 from tcpstack.lab import Lab
 from tcpstack.ladder import Ladder
 from tcpstack.stack import Socket, Stack
+from tcpstack.trace import SegmentEvent, TraceEvent, TraceRecord
 
 SERVER_PORT = 7007
 CLIENT_PORT = 8080
@@ -76,13 +76,15 @@ def run(
                 # LISTEN (if a listener holds the port); once gone, it is CLOSED.
                 return "LISTEN" if listening and key not in seen else "CLOSED"
 
-            def observe(record: TraceRecord) -> None:
+            def observe(record: TraceEvent) -> None:
+                if not isinstance(record, SegmentEvent):
+                    return
                 theirs = kernel_state(record)
                 ladder.add(record, theirs)
                 result.our_states.append(record.state.name)
                 result.kernel_states.append(theirs)
 
-            stack.add_observer(observe)
+            stack.subscribe(observe)
 
             def note(side: str, text: str) -> None:
                 ladder.note(time.monotonic(), side, text)
@@ -103,7 +105,7 @@ def run(
             for ks in final:
                 if ks.state != "LISTEN":
                     note("kernel", f"ss: {ks.state} {ks.local[0]}:{ks.local[1]}")
-            stack.remove_observer(observe)
+            stack.unsubscribe(observe)
             counters = stack.stats()
         emit("")
         result.lines = ladder.render()

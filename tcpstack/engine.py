@@ -39,15 +39,27 @@ from tcpstack.core.events import (
     ConnectionRefused,
     ConnectionReset,
     ConnectionTimedOut,
+    Retransmitted,
     ReturnedToListen,
     StateChanged,
 )
 from tcpstack.core.ratelimit import PerSecondLimit
 from tcpstack.core.segment import Flags, Options, Segment
 from tcpstack.core.state import State
+from tcpstack.hooks import DELAY, DROP, DUPLICATE, Hook, HookContext
 from tcpstack.isn import IsnFunction, Rfc6528Isn
 from tcpstack.link import Link
 from tcpstack.syncookies import SynCookies
+from tcpstack.trace import (
+    FrameEvent,
+    RetransmitEvent,
+    SegmentEvent,
+    StateEvent,
+    Subscriber,
+    TimerEvent,
+    TraceEvent,
+    TraceRecord,
+)
 
 log = logging.getLogger("tcpstack.engine")
 
@@ -66,21 +78,7 @@ class EngineFailed(OSError):
     """The I/O thread stopped on an error; every call on the stack raises this."""
 
 
-@dataclass(frozen=True, slots=True)
-class TraceRecord:
-    """One segment seen or sent by the endpoint, for observers (ladders, logs)."""
-
-    time: float
-    direction: str  # "in" or "out"
-    local: tuple[str, int]
-    remote: tuple[str, int]
-    segment: Segment
-    state: State  # our state after processing ("in") or when sending ("out")
-    iss: int
-    irs: int
-
-
-Observer = Callable[[TraceRecord], None]
+Observer = Subscriber
 
 
 @dataclass(eq=False)
@@ -94,6 +92,7 @@ class Flow:
     listener: Listener | None = None
     error: OSError | None = None
     deadline: float | None = None
+    timers: dict[str, float] = field(default_factory=dict)  # as last traced
 
 
 @dataclass(eq=False)
@@ -147,6 +146,8 @@ class Engine:
             max_pending=self.limits.max_arp_pending
         )
         self.observers: list[Observer] = []
+        self.hooks: list[Hook] = []
+        self._delayed: list[tuple[float, int, Callable[[float], None]]] = []
         self.failure: BaseException | None = None
         self._ip_id = itertools.count(random.randrange(0x10000))
         self._timers: list[tuple[float, int, Flow]] = []
@@ -275,6 +276,8 @@ class Engine:
             packet = wire.decode_frame(frame, checksum_trusted=trusted)
         except wire.DecodeError as exc:
             self.stats[f"drop_{exc.reason}"] += 1
+            if self.observers:
+                self._notify(FrameEvent(now, "in", frame, f"dropped: {exc.reason}"))
             return
         if packet.dst_mac != self.mac and packet.dst_mac != wire.BROADCAST_MAC:
             self.stats["drop_not_our_mac"] += 1
@@ -283,8 +286,12 @@ class Engine:
             if packet.dst_ip != self.ip:
                 self.stats["drop_not_our_ip"] += 1
                 return
-            self._on_tcp(packet, now)
-        elif isinstance(packet, wire.ArpPacket):
+            self._on_tcp(packet, now, frame)
+            return
+        if self.observers:
+            kind = "arp" if isinstance(packet, wire.ArpPacket) else "icmp"
+            self._notify(FrameEvent(now, "in", frame, kind))
+        if isinstance(packet, wire.ArpPacket):
             self._on_arp(packet, now)
         else:
             self._on_icmp(packet, now)
@@ -296,17 +303,18 @@ class Engine:
         # RFC 826 merge: refresh a sender we already know; learn it if it asks us.
         if arp.target_ip == self.ip or self.arp.knows(arp.sender_ip):
             if arp.sender_ip != "0.0.0.0" and ipaddress.IPv4Address(arp.sender_ip) in self.network:
-                for frame, record in self.arp.learn(arp.sender_ip, arp.sender_mac, now):
-                    self._transmit(arp.sender_mac + frame[6:])
+                for held, record in self.arp.learn(arp.sender_ip, arp.sender_mac, now):
+                    frame = arp.sender_mac + held[6:]
+                    self._transmit(frame)
                     if record is not None:
-                        self._notify(replace(record, time=now))
+                        self._notify(replace(record, time=now, frame=frame))
         if arp.target_ip != self.ip:
             self.stats["arp_not_for_us"] += 1
         if arp.op == 1 and arp.target_ip == self.ip:
             reply = wire.encode_arp(
                 self.mac, arp.sender_mac, 2, self.mac, self.ip, arp.sender_mac, arp.sender_ip
             )
-            self._transmit(reply)
+            self._transmit_frame(reply, "arp reply")
             self.stats["arp_replies"] += 1
 
     def _on_icmp(self, icmp: wire.IcmpEcho, now: float) -> None:
@@ -327,7 +335,7 @@ class Engine:
             payload=icmp.payload,
             ip_id=next(self._ip_id) & 0xFFFF,
         )
-        self._transmit(reply)
+        self._transmit_frame(reply, "icmp echo reply")
         self.stats["icmp_echo_replies"] += 1
 
     def _send_ip(
@@ -339,9 +347,10 @@ class Engine:
     ) -> None:
         mac = self.arp.lookup(remote_ip, now)
         if mac is not None:
-            self._transmit(build(mac))
+            frame = build(mac)
+            self._transmit(frame)
             if record is not None:
-                self._notify(record)
+                self._notify(replace(record, frame=frame))
             return
         # Unresolved: build with a placeholder destination, patched on resolution;
         # observers hear of the segment when it really leaves.
@@ -351,9 +360,13 @@ class Engine:
 
     def _arp_request(self, ip: str) -> None:
         self.stats["arp_requests"] += 1
-        self._transmit(
-            wire.encode_arp(self.mac, wire.BROADCAST_MAC, 1, self.mac, self.ip, b"\0" * 6, ip)
-        )
+        request = wire.encode_arp(self.mac, wire.BROADCAST_MAC, 1, self.mac, self.ip, b"\0" * 6, ip)
+        self._transmit_frame(request, "arp request")
+
+    def _transmit_frame(self, frame: bytes, note: str) -> None:
+        self._transmit(frame)
+        if self.observers:
+            self._notify(FrameEvent(self.clock(), "out", frame, note))
 
     def _transmit(self, frame: bytes) -> None:
         try:
@@ -376,16 +389,25 @@ class Engine:
 
     # ----------------------------------------------------------------- TCP input
 
-    def _on_tcp(self, packet: wire.TcpPacket, now: float) -> None:
+    def _on_tcp(
+        self, packet: wire.TcpPacket, now: float, frame: bytes = b"", hooked: bool = False
+    ) -> None:
         seg = packet.segment
         self.stats["tcp_in"] += 1
         if packet.src_ip == self.ip or packet.src_ip not in self._on_link:
             # A "land" segment from our own address, or a source we could never
             # answer on this link: a forgery either way.
             self.stats["drop_bad_source"] += 1
+            if self.observers:
+                self._notify(FrameEvent(now, "in", frame, "dropped: bad_source"))
             return
         key = (packet.src_ip, seg.src_port, seg.dst_port)
         flow = self.flows.get(key)
+        if self.hooks and not hooked:
+            rewritten = self._hook_in(packet, flow, now, frame)
+            if rewritten is None:
+                return  # dropped, delayed or duplicated: the hook took it from here
+            packet, seg = rewritten, rewritten.segment
         if flow is not None and flow.conn.state is State.TIME_WAIT and self._reopens(flow, seg):
             # RFC 9293 §3.6.1 (MAY-2): a new SYN with a higher sequence number may
             # reopen a 4-tuple in TIME-WAIT; Linux accepts it, so we do too.
@@ -396,9 +418,11 @@ class Engine:
         if flow is None:
             listener = self.listeners.get(seg.dst_port)
             if listener is None or listener.closed:
+                if self.observers:
+                    self._notify(FrameEvent(now, "in", frame, "to no connection"))
                 self._reset_unknown(packet, seg, now)
                 return
-            flow = self._listener_input(listener, packet, now)
+            flow = self._listener_input(listener, packet, now, frame)
             if flow is None:
                 return
         else:
@@ -417,8 +441,33 @@ class Engine:
                 flow.conn.handle_segment(seg, now)
             except Exception as exc:  # a bug in one core must not take the others down
                 self._core_failed(flow, exc, now)
-            self._observe("in", flow, seg, now)
+            self._observe("in", flow, seg, now, frame)
         self.pump(flow, now)
+
+    def _hook_in(
+        self, packet: wire.TcpPacket, flow: Flow | None, now: float, frame: bytes
+    ) -> wire.TcpPacket | None:
+        """Apply the first matching incoming hook; None if it consumed the segment."""
+        ctx = HookContext(packet.segment, "in", packet.src_ip, flow.conn if flow else None)
+        hook = next((h for h in self.hooks if h.matches(ctx)), None)
+        if hook is None:
+            return packet
+        hook.fired += 1
+        self.stats[f"hook_{hook.action}_in"] += 1
+        if hook.action == DROP:
+            if self.observers:
+                self._notify(FrameEvent(now, "in", frame, f"dropped by hook {hook.name}".strip()))
+            return None
+        if hook.action == DELAY:
+            self._schedule(now + hook.delay, lambda at: self._on_tcp(packet, at, frame, True))
+            return None
+        if hook.action == DUPLICATE:
+            self._on_tcp(packet, now, frame, True)
+            self._on_tcp(packet, now, frame, True)
+            return None
+        assert hook.rewrite is not None
+        segment = hook.rewrite(packet.segment)
+        return replace(packet, segment=segment)
 
     def _core_failed(self, flow: Flow, exc: Exception, now: float) -> None:
         log.error("core failed on %s", flow.key, exc_info=exc)
@@ -460,7 +509,7 @@ class Engine:
         self._send_segment(packet.src_ip, reply, now, record)
 
     def _listener_input(
-        self, listener: Listener, packet: wire.TcpPacket, now: float
+        self, listener: Listener, packet: wire.TcpPacket, now: float, frame: bytes = b""
     ) -> Flow | None:
         seg = packet.segment
         four = (self.ip, seg.dst_port, packet.src_ip, seg.src_port)
@@ -481,7 +530,7 @@ class Engine:
             and listener.cookies_sent_at is not None
             and now - listener.cookies_sent_at < COOKIE_WINDOW
         ):
-            flow = self._cookie_ack(listener, packet, four, now)
+            flow = self._cookie_ack(listener, packet, four, now, frame)
             if flow is not None:
                 return flow
         conn = TcpConnection(
@@ -506,14 +555,16 @@ class Engine:
         if conn.state is State.SYN_RECEIVED:
             listener.half_open.add(flow)
             self.flows[flow.key] = flow
-            self._observe("in", flow, seg, now)
+            self._observe("in", flow, seg, now, frame)
             return flow
         # Not a SYN: LISTEN answered (RST for an ACK) or dropped it; nothing to keep
         # but its counters (the drop reason is among them).
         self.ended_stats.update(conn.stats)
-        self._observe("in", flow, seg, now)
+        self._observe("in", flow, seg, now, frame)
         for reply in conn.segments_to_send(now):
-            self._send_segment(packet.src_ip, reply, now, self._record("out", flow, reply, now))
+            self._send_segment(
+                packet.src_ip, reply, now, self._record("out", flow, reply, now), conn
+            )
         return None
 
     def _send_syn_cookie(
@@ -547,6 +598,7 @@ class Engine:
         packet: wire.TcpPacket,
         four: tuple[str, int, str, int],
         now: float,
+        frame: bytes,
     ) -> Flow | None:
         """The ACK that completes a cookie handshake: rebuild the connection from it."""
         seg = packet.segment
@@ -579,7 +631,7 @@ class Engine:
         except Exception as exc:
             self._core_failed(flow, exc, now)
         self.stats["syn_cookies_accepted"] += 1
-        self._observe("in", flow, seg, now)
+        self._observe("in", flow, seg, now, frame)
         return flow
 
     # ---------------------------------------------------------------- pumping
@@ -589,7 +641,7 @@ class Engine:
         conn = flow.conn
         try:
             for s in conn.segments_to_send(now):
-                self._send_segment(flow.remote_ip, s, now, self._record("out", flow, s, now))
+                self._send_segment(flow.remote_ip, s, now, self._record("out", flow, s, now), conn)
         finally:
             # Whatever the link did, deliver the events and re-arm the timer, so a
             # send failure cannot leave a connection without its retransmission timer.
@@ -598,7 +650,9 @@ class Engine:
     def _after_output(self, flow: Flow, now: float) -> None:
         conn = flow.conn
         while (event := conn.next_event()) is not None:
-            self._on_event(flow, event)
+            self._on_event(flow, event, now)
+        if self.observers:
+            self._trace_timers(flow, now)
         deadline = conn.get_timer()
         if deadline != flow.deadline:
             flow.deadline = deadline
@@ -612,7 +666,33 @@ class Engine:
             self._forget(flow)
         flow.cond.notify_all()
 
-    def _on_event(self, flow: Flow, event: object) -> None:
+    def _trace_fired(self, flow: Flow, now: float) -> None:
+        local, remote = (self.ip, flow.conn.local_port), (flow.remote_ip, flow.key[1])
+        for name, deadline in list(flow.timers.items()):
+            if deadline <= now:
+                self._notify(TimerEvent(now, local, remote, name, "fired", deadline))
+                del flow.timers[name]
+
+    def _trace_timers(self, flow: Flow, now: float) -> None:
+        current = flow.conn.timers()
+        local, remote = (self.ip, flow.conn.local_port), (flow.remote_ip, flow.key[1])
+        for name, deadline in current.items():
+            if flow.timers.get(name) != deadline:
+                self._notify(TimerEvent(now, local, remote, name, "armed", deadline))
+        for name, deadline in flow.timers.items():
+            if name not in current:
+                self._notify(TimerEvent(now, local, remote, name, "cancelled", deadline))
+        flow.timers = current
+
+    def _on_event(self, flow: Flow, event: object, now: float) -> None:
+        if self.observers:
+            local, remote = (self.ip, flow.conn.local_port), (flow.remote_ip, flow.key[1])
+            if isinstance(event, StateChanged):
+                self._notify(StateEvent(now, local, remote, event.old, event.new, event.cause))
+            elif isinstance(event, Retransmitted):
+                self._notify(
+                    RetransmitEvent(now, local, remote, event.seq, event.length, event.reason)
+                )
         match event:
             case StateChanged(old=old, new=new):
                 if new is State.TIME_WAIT:
@@ -680,8 +760,39 @@ class Engine:
             listener.half_open.discard(flow)
 
     def _send_segment(
-        self, remote_ip: str, segment: Segment, now: float, record: TraceRecord | None
+        self,
+        remote_ip: str,
+        segment: Segment,
+        now: float,
+        record: TraceRecord | None,
+        conn: TcpConnection | None = None,
+        hooked: bool = False,
     ) -> None:
+        if self.hooks and not hooked:
+            ctx = HookContext(segment, "out", remote_ip, conn)
+            hook = next((h for h in self.hooks if h.matches(ctx)), None)
+            if hook is not None:
+                hook.fired += 1
+                self.stats[f"hook_{hook.action}_out"] += 1
+                if hook.action == DROP:
+                    if record is not None:
+                        self._notify(replace(record, note=f"dropped by hook {hook.name}".strip()))
+                    return
+                if hook.action == DELAY:
+
+                    def later(at: float) -> None:
+                        delayed = replace(record, time=at) if record is not None else None
+                        self._send_segment(remote_ip, segment, at, delayed, conn, True)
+
+                    self._schedule(now + hook.delay, later)
+                    return
+                if hook.action == DUPLICATE:
+                    self._send_segment(remote_ip, segment, now, record, conn, True)
+                else:
+                    assert hook.rewrite is not None
+                    segment = hook.rewrite(segment)
+                    if record is not None:
+                        record = replace(record, segment=segment)
         self.stats["tcp_out"] += 1
         ip_id = next(self._ip_id) & 0xFFFF
 
@@ -690,21 +801,23 @@ class Engine:
 
         self._send_ip(remote_ip, build, now, record)
 
-    def _observe(self, direction: str, flow: Flow, seg: Segment, now: float) -> None:
+    def _observe(
+        self, direction: str, flow: Flow, seg: Segment, now: float, frame: bytes = b""
+    ) -> None:
         record = self._record(direction, flow, seg, now)
         if record is not None:
-            self._notify(record)
+            self._notify(replace(record, frame=frame) if frame else record)
 
-    def _notify(self, record: TraceRecord) -> None:
+    def _notify(self, event: TraceEvent) -> None:
         for observer in self.observers:
-            observer(record)
+            observer(event)
 
     def _record(self, direction: str, flow: Flow, seg: Segment, now: float) -> TraceRecord | None:
         """A trace record, or None (and no cost) when nobody observes."""
         if not self.observers:
             return None
         conn = flow.conn
-        return TraceRecord(
+        return SegmentEvent(
             now,
             direction,
             (self.ip, conn.local_port),
@@ -713,7 +826,23 @@ class Engine:
             conn.state,
             conn.iss,
             conn.irs,
+            conn.snd_una,
+            conn.snd_nxt,
+            conn.rcv_nxt,
+            conn.snd_wnd,
+            conn.advertised_window,
+            conn.cc.cwnd,
+            conn.rtt.srtt,
+            conn.rtt.rto,
         )
+
+    def _schedule(self, at: float, action: Callable[[float], None]) -> None:
+        """Run action(now) at time `at` on the engine's thread (hooks' delays)."""
+        heapq.heappush(self._delayed, (at, next(self._timer_seq), action))
+        if threading.current_thread() is not self._thread and (
+            self._sleep_until is None or at < self._sleep_until
+        ):
+            self._wake()
 
     # ----------------------------------------------------------------- timers
 
@@ -725,18 +854,23 @@ class Engine:
                 break
             heapq.heappop(timers)  # stale entry: the flow re-armed or went away
         first = timers[0][0] if timers else None
-        arp = self.arp.next_deadline()
-        if arp is not None and (first is None or arp < first):
-            return arp
+        for other in (self.arp.next_deadline(), self._delayed[0][0] if self._delayed else None):
+            if other is not None and (first is None or other < first):
+                first = other
         return first
 
     def _run_timers(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, action = heapq.heappop(self._delayed)
+            action(now)
         timers = self._timers
         while timers and timers[0][0] <= now:
             deadline, _, flow = heapq.heappop(timers)
             if flow.deadline != deadline or self.flows.get(flow.key) is not flow:
                 continue
             flow.deadline = None
+            if self.observers:
+                self._trace_fired(flow, now)
             flow.conn.handle_timer(now)
             self.pump(flow, now)
         for ip in self.arp.due_requests(now):

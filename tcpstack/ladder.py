@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tcpstack.core import seq
 from tcpstack.core.segment import Segment, flags_str
-from tcpstack.engine import TraceRecord
+from tcpstack.trace import TraceRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,10 +28,12 @@ from tcpstack import sockopts, wire
 from tcpstack.config import StackConfig, TcpConfig
 from tcpstack.core.connection import TcpConnection, TcpInfo
 from tcpstack.core.state import State
-from tcpstack.engine import Engine, Flow, Listener, Observer, with_link_mss
+from tcpstack.engine import Engine, Flow, Listener, with_link_mss
+from tcpstack.hooks import Hook
 from tcpstack.impair import ImpairedLink, Impairment
 from tcpstack.isn import IsnFunction
 from tcpstack.link import Link, PacketLink, TapLink, detect_kind
+from tcpstack.trace import Subscriber
 
 Address = tuple[str, int]
 
@@ -163,14 +165,33 @@ class Stack:
         with self._engine.lock:
             return self._engine.totals()
 
-    def add_observer(self, observer: Observer) -> None:
-        """Call observer(record) for every segment in and out; keep it quick."""
+    def subscribe(self, subscriber: Subscriber) -> Subscriber:
+        """Call subscriber(event) for every trace event (tcpstack.trace): each segment
+        in and out with our state and variables, state transitions, timers armed,
+        fired and cancelled, retransmissions, and other frames. It runs on the
+        engine's thread with the stack locked: keep it quick, and do not block."""
         with self._engine.lock:
-            self._engine.observers.append(observer)
+            self._engine.observers.append(subscriber)
+        return subscriber
 
-    def remove_observer(self, observer: Observer) -> None:
+    def unsubscribe(self, subscriber: Subscriber) -> None:
         with self._engine.lock:
-            self._engine.observers.remove(observer)
+            if subscriber in self._engine.observers:
+                self._engine.observers.remove(subscriber)
+
+    add_observer = subscribe
+    remove_observer = unsubscribe
+
+    def add_hook(self, hook: Hook) -> Hook:
+        """Drop, delay, duplicate or rewrite chosen segments (see tcpstack.hooks)."""
+        with self._engine.lock:
+            self._engine.hooks.append(hook)
+        return hook
+
+    def remove_hook(self, hook: Hook) -> None:
+        with self._engine.lock:
+            if hook in self._engine.hooks:
+                self._engine.hooks.remove(hook)
 
     def arp_table(self) -> dict[str, str]:
         with self._engine.lock:

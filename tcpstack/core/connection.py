@@ -37,6 +37,7 @@ from tcpstack.core.events import (
     DataReceived,
     EofReceived,
     Event,
+    Retransmitted,
     ReturnedToListen,
     StateChanged,
 )
@@ -275,6 +276,11 @@ class TcpConnection:
         return max(self.config.receive_buffer - len(self._rcv_buf), 0)
 
     @property
+    def advertised_window(self) -> int:
+        """The window we last advertised, from RCV.NXT (RCV.WND in RFC 9293 terms)."""
+        return max(seq.sub(self._rcv_adv_edge, self.rcv_nxt), 0)
+
+    @property
     def readable(self) -> int:
         """Bytes the application can read now."""
         return len(self._rcv_buf)
@@ -320,7 +326,7 @@ class TcpConnection:
             snd_nxt=self.snd_nxt,
             snd_wnd=self.snd_wnd,
             rcv_nxt=self.rcv_nxt,
-            rcv_wnd=max(seq.sub(self._rcv_adv_edge, self.rcv_nxt), 0),
+            rcv_wnd=self.advertised_window,
             send_mss=self.send_mss,
             snd_wscale=self.snd_wscale,
             rcv_wscale=self.rcv_wscale,
@@ -339,6 +345,19 @@ class TcpConnection:
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
+
+    def timers(self) -> dict[str, float]:
+        """Every armed timer by name, with its absolute deadline (for traces)."""
+        named = {
+            "persist" if self._persisting else "retransmit": self._rto_at,
+            "time_wait": self._time_wait_at,
+            "fin_wait_2": self._fin_wait_2_at,
+            "delayed_ack": self._delack_at,
+            "keepalive": self._keepalive_at,
+            "reorder": self._reorder_at,
+            "tail_probe": self._tlp_at,
+        }
+        return {name: t for name, t in named.items() if t is not None}
 
     def get_timer(self) -> float | None:
         """The earliest absolute time at which handle_timer() must be called, or None."""
@@ -523,6 +542,7 @@ class TcpConnection:
             self._syn_timed_out = True
             self._syn_sent = False
             self.stats["retransmissions"] += 1
+            self._events.append(Retransmitted(self.iss, 0, "syn"))
             self._rtxq.mark_all_lost()
             return
         if self._persisting:
@@ -1342,7 +1362,7 @@ class TcpConnection:
             if lost is not None:
                 if budget <= 0 and not self._force_rtx:
                     break
-                self._retransmit(out, lost, now)
+                self._retransmit(out, lost, now, "timeout" if self.recovery == "loss" else "fast")
                 continue
             if not self._send_new(out, mss, budget, now):
                 break
@@ -1351,7 +1371,7 @@ class TcpConnection:
         if len(out) > sent_before:
             self._arm_tlp(now)
 
-    def _retransmit(self, out: list[Segment], record: Sent, now: float) -> None:
+    def _retransmit(self, out: list[Segment], record: Sent, now: float, reason: str) -> None:
         data_end = self._data_nxt()
         n = record.length - (1 if record.fin else 0)
         offset = self._snd_off + seq.sub(record.start, self._buf_seq)
@@ -1363,6 +1383,7 @@ class TcpConnection:
         if self._retrans_stamp is None and self.ts_ok:
             self._retrans_stamp = self._ts_value(now)
         self._rtxq.retransmitted(record, now)
+        self._events.append(Retransmitted(record.start, n, reason))
         self._force_rtx = False
         self._rtt_seq = None  # Karn: a retransmission spoils the running measurement
         self.stats["retransmissions"] += 1
@@ -1395,7 +1416,7 @@ class TcpConnection:
         tail = self._rtxq.tail
         if tail is None:
             return
-        self._retransmit(out, tail, now)
+        self._retransmit(out, tail, now, "tail_probe")
         self.stats["retransmissions_by_tlp"] += 1
         self._rto_at = now + self.rtt.rto
 
@@ -1473,7 +1494,7 @@ class TcpConnection:
         head = self._rtxq.head
         if head is not None:
             # The earlier probe is still unacknowledged: send it again.
-            self._retransmit(out, head, now)
+            self._retransmit(out, head, now, "probe")
             self.stats["retransmissions"] -= 1  # a probe, not a loss
             return False
         # Never a zero-length probe: Linux does not answer one at SND.NXT (it is in

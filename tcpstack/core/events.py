@@ -73,3 +73,14 @@ class ConnectionClosed(Event):
 @dataclass(frozen=True, slots=True)
 class ReturnedToListen(Event):
     """A passive half-open connection was reset and went back to LISTEN (RFC 9293 §3.10.7.4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Retransmitted(Event):
+    """A segment went out again. reason: "timeout" (after an RTO), "fast" (fast
+    recovery: duplicate ACKs or SACK), "tail_probe" (RFC 8985 TLP), "probe" (zero
+    window), or "syn" (our SYN or SYN-ACK)."""
+
+    seq: int
+    length: int
+    reason: str

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from tcpstack.config import TcpConfig
 from tcpstack.core import seq
 from tcpstack.core.connection import TcpConnection
-from tcpstack.core.events import Event, StateChanged
+from tcpstack.core.events import Event, Retransmitted, StateChanged
 from tcpstack.core.segment import Options, Segment, parse_flags
 from tcpstack.core.state import State
 
@@ -138,7 +138,8 @@ class Driver:
         return [(e.old, e.new) for e in self.events if isinstance(e, StateChanged)]
 
     def event_types(self) -> list[type[Event]]:
-        return [type(e) for e in self.events if not isinstance(e, StateChanged)]
+        """The events that report outcomes (transitions and retransmissions left out)."""
+        return [type(e) for e in self.events if not isinstance(e, StateChanged | Retransmitted)]
 
     def out(self, flags: str, seq_no: int, ack: int = 0, **kw: object) -> Segment:
         """Like out(), with the window defaulting to this connection's empty buffer."""
