@@ -275,16 +275,14 @@ class Engine:
         try:
             packet = wire.decode_frame(frame, checksum_trusted=trusted)
         except wire.DecodeError as exc:
-            self.stats[f"drop_{exc.reason}"] += 1
-            if self.observers:
-                self._notify(FrameEvent(now, "in", frame, f"dropped: {exc.reason}"))
+            self._drop(exc.reason, now, frame)
             return
         if packet.dst_mac != self.mac and packet.dst_mac != wire.BROADCAST_MAC:
-            self.stats["drop_not_our_mac"] += 1
+            self._drop("not_our_mac", now, frame)
             return
         if isinstance(packet, wire.TcpPacket):
             if packet.dst_ip != self.ip:
-                self.stats["drop_not_our_ip"] += 1
+                self._drop("not_our_ip", now, frame)
                 return
             self._on_tcp(packet, now, frame)
             return
@@ -305,9 +303,11 @@ class Engine:
             if arp.sender_ip != "0.0.0.0" and ipaddress.IPv4Address(arp.sender_ip) in self.network:
                 for held, record in self.arp.learn(arp.sender_ip, arp.sender_mac, now):
                     frame = arp.sender_mac + held[6:]
-                    self._transmit(frame)
+                    lost = self._transmit(frame)
                     if record is not None:
-                        self._notify(replace(record, time=now, frame=frame))
+                        self._notify(
+                            replace(record, time=now, frame=frame, note=lost or record.note)
+                        )
         if arp.target_ip != self.ip:
             self.stats["arp_not_for_us"] += 1
         if arp.op == 1 and arp.target_ip == self.ip:
@@ -348,9 +348,9 @@ class Engine:
         mac = self.arp.lookup(remote_ip, now)
         if mac is not None:
             frame = build(mac)
-            self._transmit(frame)
+            lost = self._transmit(frame)
             if record is not None:
-                self._notify(replace(record, frame=frame))
+                self._notify(replace(record, frame=frame, note=lost or record.note))
             return
         # Unresolved: build with a placeholder destination, patched on resolution;
         # observers hear of the segment when it really leaves.
@@ -363,29 +363,37 @@ class Engine:
         request = wire.encode_arp(self.mac, wire.BROADCAST_MAC, 1, self.mac, self.ip, b"\0" * 6, ip)
         self._transmit_frame(request, "arp request")
 
-    def _transmit_frame(self, frame: bytes, note: str) -> None:
-        self._transmit(frame)
-        if self.observers:
-            self._notify(FrameEvent(self.clock(), "out", frame, note))
+    def _drop(self, reason: str, now: float, frame: bytes) -> None:
+        """Count an incoming frame we drop, by reason (like nstat), and tell observers."""
+        self.stats[f"drop_{reason}"] += 1
+        if self.observers and frame:
+            self._notify(FrameEvent(now, "in", frame, f"dropped: {reason}"))
 
-    def _transmit(self, frame: bytes) -> None:
+    def _transmit_frame(self, frame: bytes, note: str) -> None:
+        lost = self._transmit(frame)
+        if self.observers:
+            self._notify(FrameEvent(self.clock(), "out", frame, lost or note))
+
+    def _transmit(self, frame: bytes) -> str:
+        """Send a frame; "" if it went, else why it did not (a trace note)."""
         try:
             self.link.send(frame)
         except (BlockingIOError, InterruptedError):
             # The link's queue is full: a lost frame, which TCP recovers.
             self.stats["drop_tx_queue_full"] += 1
-            return
+            return "dropped: tx_queue_full"
         except OSError as exc:
             if exc.errno in (errno.ENOBUFS, errno.EAGAIN):
                 self.stats["drop_tx_queue_full"] += 1
-                return
+                return "dropped: tx_queue_full"
             if exc.errno == errno.ENETDOWN:
                 # The interface is down (perhaps for a moment): the frame is lost
                 # and TCP retransmits, as when a kernel's own link goes down.
                 self.stats["drop_tx_link_down"] += 1
-                return
+                return "dropped: tx_link_down"
             raise
         self.stats["frames_out"] += 1
+        return ""
 
     # ----------------------------------------------------------------- TCP input
 
@@ -397,9 +405,7 @@ class Engine:
         if packet.src_ip == self.ip or packet.src_ip not in self._on_link:
             # A "land" segment from our own address, or a source we could never
             # answer on this link: a forgery either way.
-            self.stats["drop_bad_source"] += 1
-            if self.observers:
-                self._notify(FrameEvent(now, "in", frame, "dropped: bad_source"))
+            self._drop("bad_source", now, frame)
             return
         key = (packet.src_ip, seg.src_port, seg.dst_port)
         flow = self.flows.get(key)
@@ -435,7 +441,7 @@ class Engine:
                 # Accept queue full: drop the handshake's last ACK, as Linux does
                 # (ListenOverflows); our SYN-ACK is retransmitted and the client
                 # ACKs again, by which time the application may have accepted.
-                self.stats["drop_listen_overflow"] += 1
+                self._drop("listen_overflow", now, frame)
                 return
             try:
                 flow.conn.handle_segment(seg, now)
@@ -456,7 +462,13 @@ class Engine:
         self.stats[f"hook_{hook.action}_in"] += 1
         if hook.action == DROP:
             if self.observers:
-                self._notify(FrameEvent(now, "in", frame, f"dropped by hook {hook.name}".strip()))
+                note = f"dropped by hook {hook.name}".strip()
+                record = self._record("in", flow, packet.segment, now) if flow else None
+                self._notify(
+                    replace(record, frame=frame, note=note)
+                    if record
+                    else FrameEvent(now, "in", frame, note)
+                )
             return None
         if hook.action == DELAY:
             self._schedule(now + hook.delay, lambda at: self._on_tcp(packet, at, frame, True))
@@ -516,12 +528,14 @@ class Engine:
         if seg.syn and not seg.has_ack and not seg.rst:
             if len(listener.accept_queue) >= listener.backlog:
                 # Linux drops SYNs while the accept queue is full; the client retries.
-                self.stats["drop_listen_overflow"] += 1
+                self._drop("listen_overflow", now, frame)
                 return None
             if len(listener.half_open) >= self.limits.max_half_open:
                 if not self.limits.syn_cookies or seg.fin:
-                    self.stats["drop_syn_queue_full"] += 1
+                    self._drop("syn_queue_full", now, frame)
                     return None
+                if self.observers:
+                    self._notify(FrameEvent(now, "in", frame, "SYN, answered with a cookie"))
                 self._send_syn_cookie(listener, packet, four, now)
                 return None
         elif (
@@ -530,9 +544,12 @@ class Engine:
             and listener.cookies_sent_at is not None
             and now - listener.cookies_sent_at < COOKIE_WINDOW
         ):
-            flow = self._cookie_ack(listener, packet, four, now, frame)
-            if flow is not None:
-                return flow
+            # Since we sent cookies, an ACK to the listener is checked for one. One
+            # that fails is dropped, not reset as LISTEN otherwise would (and Linux
+            # does): under a flood we lose frames, and a client whose handshake ACK
+            # and first data were lost may send a later ACK whose sequence number no
+            # longer matches its ISN; its retransmitted data will, if we keep quiet.
+            return self._cookie_ack(listener, packet, four, now, frame)
         conn = TcpConnection(
             listener.config,
             seg.dst_port,
@@ -590,7 +607,13 @@ class Engine:
         )
         listener.cookies_sent_at = now
         self.stats["syn_cookies_sent"] += 1
-        self._send_segment(packet.src_ip, reply, now, None)
+        record = None
+        if self.observers:
+            record = TraceRecord(
+                now, "out", (self.ip, reply.src_port), (packet.src_ip, reply.dst_port), reply,
+                State.LISTEN, cookie, seg.seq, note="SYN cookie",
+            )  # fmt: skip
+        self._send_segment(packet.src_ip, reply, now, record)
 
     def _cookie_ack(
         self,
@@ -606,9 +629,10 @@ class Engine:
         iss = seq.add(seg.ack, -1)
         mss = self.cookies.check(four, client_isn, iss, now)
         if mss is None:
-            return None  # not a cookie of ours: LISTEN answers it with RST
+            self._drop("syn_cookie_failed", now, frame)
+            return None
         if len(listener.accept_queue) >= listener.backlog:
-            self.stats["drop_listen_overflow"] += 1
+            self._drop("listen_overflow", now, frame)
             return None
         conn = TcpConnection.from_syn_cookie(
             listener.config,
@@ -779,9 +803,10 @@ class Engine:
                         self._notify(replace(record, note=f"dropped by hook {hook.name}".strip()))
                     return
                 if hook.action == DELAY:
+                    held = f"held {hook.delay * 1000:g} ms by hook {hook.name}".strip()
 
                     def later(at: float) -> None:
-                        delayed = replace(record, time=at) if record is not None else None
+                        delayed = replace(record, time=at, note=held) if record else None
                         self._send_segment(remote_ip, segment, at, delayed, conn, True)
 
                     self._schedule(now + hook.delay, later)

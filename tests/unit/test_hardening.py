@@ -118,9 +118,42 @@ def test_syn_flood_falls_back_to_cookies_and_real_clients_still_connect(
     assert address == (PEER_IP, 30000) and conn.recv(10) == b"hi"
     assert conn.connection is not None and conn.connection.send_mss == 1460
     assert stack.stats()["syn_cookies_accepted"] == 1
-    # A forged ACK that matches no cookie is answered as LISTEN answers it: RST.
+    # An ACK that matches no cookie is dropped: no RST (see the next test for why).
+    resets = stack.stats().get("resets_sent", 0)
     peer.send_tcp(Segment(30001, 80, 999, 123456, Flags.ACK, 64240))
-    assert tcp_with(peer, Flags.RST).seq == 123456
+    peer.ping(1)  # answered after the engine has handled the ACK
+    assert stack.stats()["drop_syn_cookie_failed"] == 1
+    assert stack.stats().get("resets_sent", 0) == resets
+
+
+def test_a_cookie_client_whose_first_ack_and_data_were_lost_still_connects(
+    small: tuple[Stack, Peer],
+) -> None:
+    # Under a flood our receive queue overflows: a client's handshake ACK and first
+    # data may be lost while a later ACK (seq past the data) arrives. It no longer
+    # matches the cookie; if we answered it with RST the client would be gone.
+    stack, peer = small
+    listener = stack.socket()
+    listener.bind(("", 80))
+    listener.listen(16)
+    listener.settimeout(TIMEOUT)
+    peer.send_tcp(syn(20000))
+    peer.answer_arp()
+    peer.tcp()
+    for port in range(20001, 20004):  # now the half-open queue (4) is full
+        peer.send_tcp(syn(port))
+        peer.tcp()
+    peer.send_tcp(syn(30000, isn=777))
+    cookie = peer.tcp()
+    assert stack.stats()["syn_cookies_sent"] == 1
+    peer.send_tcp(Segment(30000, 80, 778 + 5, cookie.seq + 1, Flags.ACK, 64240))
+    peer.send_tcp(
+        Segment(30000, 80, 778, cookie.seq + 1, Flags.ACK | Flags.PSH, 64240, payload=b"hello")
+    )
+    conn, _ = listener.accept()
+    assert conn.recv(10) == b"hello"
+    stats = stack.stats()
+    assert stats["drop_syn_cookie_failed"] == 1 and stats.get("resets_sent", 0) == 0
 
 
 def tcp_with(peer: Peer, flag: Flags) -> Segment:
