@@ -73,6 +73,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     memory.add_argument("--connections", type=int, default=1000)
 
+    scenario = sub.add_parser(
+        "scenario",
+        help="reproduce a claim of the source documents against the kernel, with a verdict",
+    )
+    scenario.add_argument(
+        "name", help="a scenario's name, 'list' to see them all, or 'all' to run every one"
+    )
+    _add_link_choice(scenario)
+    scenario.add_argument("--pcap", metavar="FILE", help="write what we sent and received (pcapng)")
+    scenario.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="draw the ladder to FILE (.svg or .png), and beside it FILE-states,"
+        " FILE-tsg and FILE-cwnd: state diagram, time-sequence graph, cwnd/RTT/RTO",
+    )
+    scenario.add_argument(
+        "--differential",
+        action="store_true",
+        help="also run it with a Linux socket as the DUT, and compare the two side by side",
+    )
+    scenario.add_argument(
+        "--msl", type=float, default=0.5, help="segment lifetime in seconds (default 0.5)"
+    )
+    scenario.add_argument(
+        "--absolute", action="store_true", help="print absolute seq/ack and timestamps too"
+    )
+
     lab = sub.add_parser("lab", help="create or remove a lab network")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)
     up = lab_sub.add_parser("up", help="create a lab that stays up until `lab down`")
@@ -103,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in measure(args.connections).lines():
             print(line)
         return 0
+    if args.command == "scenario":
+        from tcpstack.scenarios import cli as scenario_cli
+
+        return scenario_cli.main(args)
     if args.command == "lab":
         if args.lab_command == "up":
             created = lab_module.main_up(args.kind, persist=True)

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from tcpstack.config import TcpConfig
 from tcpstack.core.state import State
-from tcpstack.lab import Lab
+from tcpstack.lab import KernelStates, Lab
 from tcpstack.ladder import Ladder
 from tcpstack.stack import Socket, Stack
-from tcpstack.trace import SegmentEvent, TraceEvent, TraceRecord
+from tcpstack.trace import SegmentEvent, TraceEvent
 
 SERVER_PORT = 7007
 CLIENT_PORT = 8080
@@ -61,25 +61,12 @@ def run(
             )
             start = time.monotonic()
 
-            seen: set[tuple[int, int]] = set()
-
-            def kernel_state(record: TraceRecord) -> str:
-                key = (record.remote[1], record.local[1])
-                listening = False
-                for ks in lab.peer_tcp_sockets():
-                    if ks.local == (lab.peer_address, key[0]):
-                        if ks.remote == (stack.address, key[1]):
-                            seen.add(key)
-                            return ks.state
-                        listening = listening or ks.state == "LISTEN"
-                # No socket for this connection: before it existed the kernel was
-                # LISTEN (if a listener holds the port); once gone, it is CLOSED.
-                return "LISTEN" if listening and key not in seen else "CLOSED"
+            kernel_states = KernelStates(lab.peer_tcp_sockets)
 
             def observe(record: TraceEvent) -> None:
                 if not isinstance(record, SegmentEvent):
                     return
-                theirs = kernel_state(record)
+                theirs = kernel_states.state(record.remote, record.local)
                 ladder.add(record, theirs)
                 result.our_states.append(record.state.name)
                 result.kernel_states.append(theirs)

@@ -137,6 +137,7 @@ class Engine:
         self.isn: IsnFunction = isn or Rfc6528Isn()
         # Reentrant so an observer may read the stack (stats, connections) from its callback.
         self.lock = threading.RLock()
+        self._input_note = ""  # for the trace: what a hook did to the segment being input
         self.stats: Counter[str] = Counter()
         self.ended_stats: Counter[str] = Counter()  # counters of connections now gone
         self.flows: dict[FlowKey, Flow] = {}
@@ -412,7 +413,7 @@ class Engine:
         if self.hooks and not hooked:
             rewritten = self._hook_in(packet, flow, now, frame)
             if rewritten is None:
-                return  # dropped, delayed or duplicated: the hook took it from here
+                return  # a hook took it: dropped, or input later (delayed) or now (altered)
             packet, seg = rewritten, rewritten.segment
         if flow is not None and flow.conn.state is State.TIME_WAIT and self._reopens(flow, seg):
             # RFC 9293 §3.6.1 (MAY-2): a new SYN with a higher sequence number may
@@ -425,7 +426,13 @@ class Engine:
             listener = self.listeners.get(seg.dst_port)
             if listener is None or listener.closed:
                 if self.observers:
-                    self._notify(FrameEvent(now, "in", frame, "to no connection"))
+                    self._notify(
+                        TraceRecord(
+                            now, "in", (self.ip, seg.dst_port), (packet.src_ip, seg.src_port),
+                            seg, State.CLOSED, 0, seg.seq if seg.syn else 0,
+                            frame=frame, note="to no connection",
+                        )
+                    )  # fmt: skip
                 self._reset_unknown(packet, seg, now)
                 return
             flow = self._listener_input(listener, packet, now, frame)
@@ -470,16 +477,27 @@ class Engine:
                     else FrameEvent(now, "in", frame, note)
                 )
             return None
+        name = f" {hook.name}" if hook.name else ""
         if hook.action == DELAY:
-            self._schedule(now + hook.delay, lambda at: self._on_tcp(packet, at, frame, True))
+            held = f"held {hook.delay * 1000:g} ms by hook{name}"
+            self._schedule(now + hook.delay, lambda at: self._reinject(packet, at, frame, held))
             return None
         if hook.action == DUPLICATE:
-            self._on_tcp(packet, now, frame, True)
-            self._on_tcp(packet, now, frame, True)
+            self._reinject(packet, now, frame, "")
+            self._reinject(packet, now, frame, f"duplicated by hook{name}")
             return None
         assert hook.rewrite is not None
-        segment = hook.rewrite(packet.segment)
-        return replace(packet, segment=segment)
+        rewritten = replace(packet, segment=hook.rewrite(packet.segment))
+        self._reinject(rewritten, now, frame, f"rewritten by hook{name}")
+        return None
+
+    def _reinject(self, packet: wire.TcpPacket, now: float, frame: bytes, note: str) -> None:
+        """Input a segment a hook let through, its trace event carrying `note`."""
+        self._input_note = note
+        try:
+            self._on_tcp(packet, now, frame, True)
+        finally:
+            self._input_note = ""
 
     def _core_failed(self, flow: Flow, exc: Exception, now: float) -> None:
         log.error("core failed on %s", flow.key, exc_info=exc)
@@ -508,16 +526,13 @@ class Engine:
         self.stats["resets_sent"] += 1
         record = None
         if self.observers:
+            # Numbered relative to the peer's SYN, if that is what we answer, as a
+            # connection would number it; other numbers stay absolute.
+            irs = seg.seq if seg.syn else 0
             record = TraceRecord(
-                now,
-                "out",
-                (self.ip, reply.src_port),
-                (packet.src_ip, reply.dst_port),
-                reply,
-                State.CLOSED,
-                0,
-                0,
-            )
+                now, "out", (self.ip, reply.src_port), (packet.src_ip, reply.dst_port), reply,
+                State.CLOSED, 0, irs,
+            )  # fmt: skip
         self._send_segment(packet.src_ip, reply, now, record)
 
     def _listener_input(
@@ -831,7 +846,8 @@ class Engine:
     ) -> None:
         record = self._record(direction, flow, seg, now)
         if record is not None:
-            self._notify(replace(record, frame=frame) if frame else record)
+            note = self._input_note if direction == "in" else ""
+            self._notify(replace(record, frame=frame, note=note) if frame or note else record)
 
     def _notify(self, event: TraceEvent) -> None:
         for observer in self.observers:

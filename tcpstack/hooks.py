@@ -104,3 +104,26 @@ def all_of(*predicates: Predicate) -> Predicate:
 
 def any_of(*predicates: Predicate) -> Predicate:
     return lambda ctx: any(p(ctx) for p in predicates)
+
+
+def local_port(port: int) -> Predicate:
+    """Segments of our connections on this local port."""
+
+    def match(ctx: HookContext) -> bool:
+        seg = ctx.segment
+        return (seg.src_port if ctx.direction == "out" else seg.dst_port) == port
+
+    return match
+
+
+def from_first(predicate: Predicate) -> Predicate:
+    """The first segment `predicate` accepts and every segment after it: e.g. hold the
+    peer's FIN and whatever follows it, so that they arrive late but in order."""
+    started = False
+
+    def match(ctx: HookContext) -> bool:
+        nonlocal started
+        started = started or predicate(ctx)
+        return started
+
+    return match

@@ -48,7 +48,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -104,6 +104,29 @@ class KernelSocket:
     remote: tuple[str, int]
 
 
+class KernelStates:
+    """A kernel's state for one connection, polled from inet_diag when asked.
+
+    Before the kernel has a socket for a connection it is LISTEN if a listener holds
+    the port (the SYN has not arrived yet) and CLOSED otherwise; once its socket has
+    been seen and is gone, CLOSED.
+    """
+
+    def __init__(self, sockets: Callable[[], list[KernelSocket]]) -> None:
+        self._sockets = sockets
+        self._seen: set[tuple[tuple[str, int], tuple[str, int]]] = set()
+
+    def state(self, local: tuple[str, int], remote: tuple[str, int]) -> str:
+        listening = False
+        for ks in self._sockets():
+            if ks.local == local and ks.remote == remote:
+                self._seen.add((local, remote))
+                return ks.state
+            if ks.state == "LISTEN" and ks.local[1] == local[1]:
+                listening = listening or ks.local[0] in (local[0], "0.0.0.0", "::")
+        return "LISTEN" if listening and (local, remote) not in self._seen else "CLOSED"
+
+
 def record_dir() -> Path:
     return Path(os.environ.get("TCPSTACK_LAB_DIR", _DEFAULT_RECORD_DIR))
 
@@ -134,7 +157,7 @@ class Lab:
         self.persist = False
         self._state = "new"  # new -> up -> down
         self._creator_pid = 0
-        self._diag: _InetDiag | None = None
+        self._diags: dict[str, _InetDiag] = {}
         self._diag_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -182,9 +205,9 @@ class Lab:
         with _signals_deferred():
             self._state = "down"
             with self._diag_lock:
-                if self._diag is not None:
-                    self._diag.close()
-                    self._diag = None
+                for diag in self._diags.values():
+                    diag.close()
+                self._diags.clear()
             errors: list[BaseException] = []
             for name in self.namespaces:
                 try:
@@ -305,16 +328,25 @@ class Lab:
 
     def peer_tcp_sockets(self) -> list[KernelSocket]:
         """Every TCP socket of the peer namespace, TIME_WAIT and SYN-RECV included."""
+        return self._tcp_sockets(self.peer_netns)
+
+    def endpoint_tcp_sockets(self) -> list[KernelSocket]:
+        """Every kernel TCP socket of the endpoint's namespace (a "kernel" lab's
+        reference sockets; none otherwise, since the endpoint is ours)."""
+        return self._tcp_sockets(self.endpoint_netns)
+
+    def _tcp_sockets(self, namespace: str) -> list[KernelSocket]:
         with self._diag_lock:
             if self._state != "up":
                 raise RuntimeError(f"{self!r} is not up")
-            if self._diag is None:
+            diag = self._diags.get(namespace)
+            if diag is None:
                 # A netlink socket answers for the namespace it was created in.
-                with self.in_peer():
-                    self._diag = _InetDiag()
+                with netns.enter(namespace):
+                    diag = self._diags[namespace] = _InetDiag()
             found: list[KernelSocket] = []
             for family in (socket.AF_INET, socket.AF_INET6):
-                for state, local, remote in self._diag.dump(family):
+                for state, local, remote in diag.dump(family):
                     found.append(
                         KernelSocket(
                             state=_KERNEL_STATES.get(state, "CLOSED"),

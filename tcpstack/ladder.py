@@ -7,6 +7,7 @@ calls returning, timers firing) go between the segments at their time.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -31,22 +32,32 @@ class Row:
     theirs: str
 
 
-def _numbers(seg: Segment, *, seq_base: int | None, ack_base: int | None) -> tuple[str, str]:
-    def rel(value: int, base: int | None) -> str:
+def _numbers(
+    seg: Segment, *, seq_base: int | None, ack_base: int | None, absolute: bool
+) -> tuple[str, str]:
+    def rel(value: int, base: int | None, show: bool) -> str:
         if base is None:
             return f"{value}"
-        return f"{seq.sub(value, base)} ({value})"
+        return f"{seq.sub(value, base)} ({value})" if show else f"{seq.sub(value, base)}"
 
-    seq_text = rel(seg.seq, seq_base)
-    ack_text = rel(seg.ack, ack_base) if seg.has_ack else "-"
+    # The ISN is worth seeing once, on the SYN; after it relative numbers say it all.
+    seq_text = rel(seg.seq, seq_base, absolute or seg.syn)
+    ack_text = rel(seg.ack, ack_base, absolute) if seg.has_ack else "-"
     return seq_text, ack_text
+
+
+_TIMESTAMPS = re.compile(r"TS val \d+ ecr \d+")
 
 
 class Ladder:
     """Collects trace records and notes, then renders them in time order."""
 
-    def __init__(self, *, local_name: str = "us", remote_name: str = "kernel") -> None:
+    def __init__(
+        self, *, local_name: str = "us", remote_name: str = "kernel", absolute: bool = False
+    ) -> None:
+        """absolute=True prints every absolute seq/ack and timestamp value too."""
         self.local_name = local_name
+        self.absolute = absolute
         self.remote_name = remote_name
         self.rows: list[Row] = []
         self.notes: list[Note] = []
@@ -77,14 +88,20 @@ class Ladder:
     def _body(self, rec: TraceRecord) -> str:
         seg = rec.segment
         seq_base, ack_base = self._bases(rec)
-        seq_text, ack_text = _numbers(seg, seq_base=seq_base, ack_base=ack_base)
+        seq_text, ack_text = _numbers(
+            seg, seq_base=seq_base, ack_base=ack_base, absolute=self.absolute
+        )
         body = (
             f" {flags_str(seg.flags):<3} seq {seq_text} ack {ack_text}"
             f" win {seg.window} len {len(seg.payload)}"
         )
         opts = str(seg.options)
+        if not self.absolute:
+            opts = _TIMESTAMPS.sub("TS", opts)
         if opts:
             body += f" <{opts}>"
+        if rec.note:
+            body += f" [{rec.note}]"
         return body + " "
 
     def render(self) -> list[str]:
@@ -112,10 +129,12 @@ class Ladder:
             assert isinstance(item, Row)
             rec = item.record
             body = bodies[id(item)]
+            # A segment a hook dropped never arrives: its arrow ends in a cross.
+            lost = rec.note.startswith("dropped")
             if rec.direction == "out":
-                arrow = "─" + body.ljust(width - 3, "─") + "─▶"
+                arrow = "─" + body.ljust(width - 3, "─") + ("─✗" if lost else "─▶")
             else:
-                arrow = "◀─" + body.ljust(width - 3, "─") + "─"
+                arrow = ("✗─" if lost else "◀─") + body.ljust(width - 3, "─") + "─"
             lines.append(f"{ms:9.3f}  {item.ours:<13}{arrow}  {item.theirs}")
         return lines
 

@@ -179,6 +179,13 @@ class Stack:
             if subscriber in self._engine.observers:
                 self._engine.observers.remove(subscriber)
 
+    def sync(self) -> None:
+        """Return once the engine has finished what it is doing now. A frame is sent
+        before its trace event is delivered: after sync(), the event of every frame
+        the peer has already seen has reached the subscribers."""
+        with self._engine.lock:
+            pass
+
     add_observer = subscribe
     remove_observer = unsubscribe
 

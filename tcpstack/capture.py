@@ -1,0 +1,136 @@
+"""A packet capture on one interface of a namespace: what a kernel sent and received.
+
+The scenarios' differential mode runs a kernel socket where our endpoint would be and
+needs its segments as our engine reports its own; this is the tcpdump of that run.
+An AF_PACKET socket sees both directions (outgoing frames with PACKET_OUTGOING), and
+with default offloads it sees GSO super-frames and frames whose checksum the kernel
+has not filled in yet, so frames are decoded without checking checksums.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tcpstack import netns
+
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("=qq")
+# A capture ends by itself after this long, should its owner never stop it.
+MAX_SECONDS = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class CapturedFrame:
+    time: float  # when the kernel saw it, on time.monotonic()'s clock like trace events
+    outgoing: bool
+    frame: bytes = field(repr=False)
+
+
+class Capture:
+    """Capture frames on `interface` in `namespace` from start() until stop().
+
+    `on_frame` runs in the capture thread for each frame as it is seen, e.g. to poll
+    socket states at that moment.
+    """
+
+    def __init__(
+        self,
+        interface: str,
+        namespace: str,
+        on_frame: Callable[[CapturedFrame], None] | None = None,
+    ) -> None:
+        self.frames: list[CapturedFrame] = []
+        self.errors: list[BaseException] = []
+        self._on_frame = on_frame
+        with netns.enter(namespace):
+            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        try:
+            # The kernel's own timestamp of each frame: the capture thread may read it
+            # milliseconds later, when the exchange it belongs to is long over.
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self._sock.bind((interface, ETH_P_ALL))
+            self._sock.setblocking(False)
+        except BaseException:
+            self._sock.close()
+            raise
+        self._ancsize = socket.CMSG_SPACE(_TIMESPEC.size)
+        # Timestamps come on CLOCK_REALTIME; trace events use the monotonic clock.
+        self._clock_offset = time.monotonic() - time.time()
+        self._stop = threading.Event()
+        self._idle = threading.Condition()
+        self._idle_since = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"capture {interface}", daemon=True)
+
+    def start(self) -> Capture:
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> Capture:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> list[CapturedFrame]:
+        """Stop, after reading what has already arrived; returns the frames."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+        self._sock.close()
+        return self.frames
+
+    def sync(self, timeout: float = 5.0) -> None:
+        """Return once every frame seen before this call has been handled."""
+        asked = time.monotonic()
+        deadline = asked + timeout
+        with self._idle:
+            while self._idle_since <= asked and self._thread.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("the capture thread did not catch up")
+                self._idle.wait(remaining)
+
+    def _mark_idle(self) -> None:
+        with self._idle:
+            self._idle_since = time.monotonic()
+            self._idle.notify_all()
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + MAX_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                stopping = self._stop.is_set()
+                readable, _, _ = select.select([self._sock], [], [], 0 if stopping else 0.01)
+                if not readable:
+                    self._mark_idle()
+                    if stopping:
+                        return
+                    continue
+                self._drain()
+        except BaseException as exc:  # reported by the owner, never lost in a thread
+            self.errors.append(exc)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                frame, ancdata, _, address = self._sock.recvmsg(1 << 16, self._ancsize)
+            except BlockingIOError:
+                self._mark_idle()
+                return
+            when = time.monotonic()
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    sec, nsec = _TIMESPEC.unpack_from(data)
+                    when = sec + nsec / 1e9 + self._clock_offset
+            captured = CapturedFrame(when, address[2] == PACKET_OUTGOING, frame)
+            self.frames.append(captured)
+            if self._on_frame is not None:
+                self._on_frame(captured)
