@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument(
         "--no-compare", action="store_true", help="skip the kernel-to-kernel reference run"
     )
+    transfer.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: when stderr is a terminal)",
+    )
 
     memory = sub.add_parser(
         "memory", help="measure memory per half-open and per established connection"
@@ -98,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scenario.add_argument(
         "--absolute", action="store_true", help="print absolute seq/ack and timestamps too"
+    )
+
+    ss = sub.add_parser(
+        "ss", help="list the running stacks' sockets with state and counters, like ss -tni"
+    )
+    ss.add_argument("--brief", action="store_true", help="one line per socket, no variables")
+    ss.add_argument(
+        "--watch", type=float, metavar="SECONDS", help="refresh every SECONDS (Ctrl-C stops)"
+    )
+    ss.add_argument(
+        "--count", type=int, default=600, help="with --watch, stop after this many refreshes"
     )
 
     lab = sub.add_parser("lab", help="create or remove a lab network")
@@ -134,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         from tcpstack.scenarios import cli as scenario_cli
 
         return scenario_cli.main(args)
+    if args.command == "ss":
+        return _ss(args)
     if args.command == "lab":
         if args.lab_command == "up":
             created = lab_module.main_up(args.kind, persist=True)
@@ -169,6 +188,28 @@ def _size(text: str) -> int:
     return int(text)
 
 
+def _ss(args: argparse.Namespace) -> int:
+    import time
+
+    from tcpstack import control
+
+    rounds = args.count if args.watch else 1
+    for n in range(rounds):
+        found = control.snapshots()
+        if args.watch:
+            print(f"\x1b[H\x1b[2J{time.strftime('%H:%M:%S')}  tcpstack ss (every {args.watch:g} s)")
+        for line in control.render(found, info=not args.brief):
+            print(line)
+        if not found:
+            print(f"no running tcpstack stacks (sockets in {control.run_dir()})")
+        if n + 1 < rounds:
+            try:
+                time.sleep(args.watch)
+            except KeyboardInterrupt:
+                break
+    return 0
+
+
 def _transfer(args: argparse.Namespace) -> int:
     from tcpstack import transfer
     from tcpstack.config import TcpConfig
@@ -180,6 +221,7 @@ def _transfer(args: argparse.Namespace) -> int:
         impairment=args.impair,
         loss=args.loss,
         reference=not args.no_compare,
+        progress=args.progress,
         config=TcpConfig(congestion=args.congestion),
     )
     if ours.info is not None:

@@ -20,12 +20,13 @@ import random
 import socket as _socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any
 
 from tcpstack import sockopts, wire
 from tcpstack.config import StackConfig, TcpConfig
+from tcpstack.control import ControlServer
 from tcpstack.core.connection import TcpConnection, TcpInfo
 from tcpstack.core.state import State
 from tcpstack.engine import Engine, Flow, Listener, with_link_mss
@@ -93,7 +94,10 @@ class Stack:
         isn: IsnFunction | None = None,
         create_tap: bool = False,
         impairment: Impairment | str | None = None,
+        control: bool | None = None,
     ) -> None:
+        """control: answer `tcpstack ss` on a unix socket (see tcpstack.control);
+        by default on for a real interface, off for a Link object."""
         ipaddress.IPv4Interface(address)  # fail early on a bad address
         opened: Link
         if not isinstance(interface, str):
@@ -123,7 +127,15 @@ class Stack:
             limits=limits,
             isn=isn,
         )
+        self.netns = netns
         self._engine.start()
+        self._control: ControlServer | None = None
+        if control if control is not None else isinstance(interface, str):
+            try:
+                self._control = ControlServer(self.snapshot)
+            except BaseException:
+                self._engine.stop()
+                raise
 
     @property
     def address(self) -> str:
@@ -146,6 +158,9 @@ class Stack:
 
     def close(self) -> None:
         """Reset open connections and release the interface. Idempotent."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         self._engine.stop()
 
     def socket(self) -> Socket:
@@ -156,6 +171,47 @@ class Stack:
         """Every listener and connection with its state, like `ss -tan`."""
         with self._engine.lock:
             return [ConnectionInfo(*row) for row in self._engine.connection_table()]
+
+    def snapshot(self) -> dict[str, Any]:
+        """The stack, its counters and every socket with its variables, as plain
+        data: what `tcpstack ss` shows (Recv-Q and Send-Q as ss counts them)."""
+        with self._engine.lock:
+            engine = self._engine
+            rows: list[dict[str, Any]] = [
+                {
+                    "local": [engine.ip, port],
+                    "remote": ["0.0.0.0", 0],
+                    "state": "LISTEN",
+                    "recv_q": len(listener.accept_queue),
+                    "send_q": listener.backlog,
+                    "info": None,
+                }
+                for port, listener in sorted(engine.listeners.items())
+            ]
+            for flow in engine.flows.values():
+                conn = flow.conn
+                info = asdict(conn.info())
+                info["state"] = conn.state.name
+                rows.append(
+                    {
+                        "local": [engine.ip, conn.local_port],
+                        "remote": [flow.remote_ip, conn.remote_port],
+                        "state": conn.state.name,
+                        "recv_q": conn.readable,
+                        "send_q": conn.in_flight + conn.unsent,
+                        "info": info,
+                    }
+                )
+            return {
+                "pid": os.getpid(),
+                "address": engine.ip,
+                "mac": wire.mac_str(self.mac),
+                "interface": self.interface,
+                "link": self.link_kind,
+                "netns": self.netns,
+                "connections": rows,
+                "stats": engine.totals(),
+            }
 
     def stats(self) -> dict[str, int]:
         """Counters for the stack, in the spirit of `nstat`: frames, ARP, ICMP, drops

@@ -21,6 +21,7 @@ from tcpstack.config import TcpConfig
 from tcpstack.core.connection import TcpInfo
 from tcpstack.impair import Impairment
 from tcpstack.lab import Lab
+from tcpstack.progress import ProgressBar
 from tcpstack.stack import Stack
 
 PORT = 9000
@@ -136,10 +137,12 @@ def exchange(
     pause_server: float,
     timeout: float,
     on_connected: Callable[[], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[float, list[str]]:
     """Connect `client` (ours or a kernel socket) to a kernel server in the peer
     namespace, move `up` and `down` at once; return the time taken and any problems.
-    `on_connected` runs once the connection is established, before data moves."""
+    `on_connected` runs once the connection is established, before data moves;
+    `progress(done, total)` is called as bytes arrive at both ends."""
     with lab.in_peer():
         server = socket.create_server((lab.peer_address, PORT))
     server.settimeout(timeout)
@@ -156,15 +159,34 @@ def exchange(
     server_thread = threading.Thread(target=serve, daemon=True)
     server_thread.start()
     started = time.monotonic()
+    ours = _Peer(client, up, pause_client)
+    finished = threading.Event()
+
+    def report() -> None:
+        # Received bytes at both ends: what has really arrived, not what is queued.
+        total = len(up) + len(down)
+        while not finished.wait(0.1) and time.monotonic() - started < timeout:
+            theirs = kernel_side.get("peer")
+            assert progress is not None
+            progress(ours.received + (theirs.received if theirs else 0), total)
+
+    reporter = threading.Thread(target=report, daemon=True) if progress else None
     try:
         client.connect((lab.peer_address, PORT))
         if on_connected is not None:
             on_connected()
-        ours = _Peer(client, up, pause_client)
+        if reporter is not None:
+            reporter.start()
         ours.run(send=bool(up), receive=bool(down))
         server_thread.join(timeout)
     finally:
+        finished.set()
+        if reporter is not None:
+            reporter.join(1.0)
         server.close()
+    if progress is not None:
+        theirs = kernel_side.get("peer")
+        progress(ours.received + (theirs.received if theirs else 0), len(up) + len(down))
     return time.monotonic() - started, _check(ours, kernel_side.get("peer"), up, down)
 
 
@@ -179,6 +201,7 @@ def run_ours(
     pause_kernel: float = 0.0,
     timeout: float = 120.0,
     label: str = "tcpstack",
+    progress: Callable[[int, int], None] | None = None,
 ) -> TransferResult:
     """The endpoint connects to a kernel server in the lab and data moves both ways."""
     up, down = _payloads(size, directions)
@@ -199,6 +222,7 @@ def run_ours(
             pause_client=pause_ours,
             pause_server=pause_kernel,
             timeout=timeout,
+            progress=progress,
         )
         info = sock.info()
         sock.close()
@@ -227,6 +251,7 @@ def run_kernel(
     pause_server: float = 0.0,
     timeout: float = 120.0,
     label: str = "kernel <-> kernel",
+    progress: Callable[[int, int], None] | None = None,
 ) -> TransferResult:
     """The same transfer between two kernel sockets over a "kernel" lab's veth pair."""
     assert lab.kind == "kernel", "run_kernel needs Lab('kernel')"
@@ -243,6 +268,7 @@ def run_kernel(
             pause_client=pause_client,
             pause_server=pause_server,
             timeout=timeout,
+            progress=progress,
         )
     after = _add(lab.peer_nstat(), lab.endpoint_nstat())
     return TransferResult(
@@ -294,6 +320,7 @@ def compare(
     loss: float = 0.0,
     reference: bool = True,
     emit: Callable[[str], None] = print,
+    progress: bool | None = None,
     **kw: Any,
 ) -> tuple[TransferResult, TransferResult | None]:
     """Our transfer, then (with `reference`) kernel-to-kernel under the same loss.
@@ -312,9 +339,17 @@ def compare(
             lab.peer_loss(loss, direction="in")
             ours_impairment = with_inbound_loss(impairment, loss)
         label = " ".join(x for x in (f"tcpstack/{kind}", loss_label, impairment or "") if x)
+        bar = ProgressBar(label, enabled=progress)
         ours = run_ours(
-            lab, size=size, directions=directions, impairment=ours_impairment, label=label, **kw
+            lab,
+            size=size,
+            directions=directions,
+            impairment=ours_impairment,
+            label=label,
+            progress=bar,
+            **kw,
         )
+        bar.finish()
     emit(ours.summary())
     if not reference:
         return ours, None
@@ -322,12 +357,12 @@ def compare(
         if loss:
             pair.peer_loss(loss, direction="in")
             pair.endpoint_loss(loss, direction="in")
+        reference_label = f"kernel<->kernel/veth {loss_label or 'clean'}"
+        bar = ProgressBar(reference_label, enabled=progress)
         kernel = run_kernel(
-            pair,
-            size=size,
-            directions=directions,
-            label=f"kernel<->kernel/veth {loss_label or 'clean'}",
+            pair, size=size, directions=directions, label=reference_label, progress=bar
         )
+        bar.finish()
     emit(kernel.summary())
     if kernel.goodput:
         emit(f"  goodput ratio tcpstack/kernel: {ours.goodput / kernel.goodput:.4f}")
