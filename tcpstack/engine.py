@@ -402,7 +402,8 @@ class Engine:
         self, packet: wire.TcpPacket, now: float, frame: bytes = b"", hooked: bool = False
     ) -> None:
         seg = packet.segment
-        self.stats["tcp_in"] += 1
+        if not hooked:
+            self.stats["tcp_in"] += 1  # once per frame, not again when a hook re-inputs it
         if packet.src_ip == self.ip or packet.src_ip not in self._on_link:
             # A "land" segment from our own address, or a source we could never
             # answer on this link: a forgery either way.
@@ -430,7 +431,7 @@ class Engine:
                         TraceRecord(
                             now, "in", (self.ip, seg.dst_port), (packet.src_ip, seg.src_port),
                             seg, State.CLOSED, 0, seg.seq if seg.syn else 0,
-                            frame=frame, note="to no connection",
+                            frame=frame, note=self._input_note or "to no connection",
                         )
                     )  # fmt: skip
                 self._reset_unknown(packet, seg, now)
@@ -807,18 +808,20 @@ class Engine:
         conn: TcpConnection | None = None,
         hooked: bool = False,
     ) -> None:
+        copy_note = ""
         if self.hooks and not hooked:
             ctx = HookContext(segment, "out", remote_ip, conn)
             hook = next((h for h in self.hooks if h.matches(ctx)), None)
             if hook is not None:
                 hook.fired += 1
                 self.stats[f"hook_{hook.action}_out"] += 1
+                name = f" {hook.name}" if hook.name else ""
                 if hook.action == DROP:
                     if record is not None:
-                        self._notify(replace(record, note=f"dropped by hook {hook.name}".strip()))
+                        self._notify(replace(record, note=f"dropped by hook{name}"))
                     return
                 if hook.action == DELAY:
-                    held = f"held {hook.delay * 1000:g} ms by hook {hook.name}".strip()
+                    held = f"held {hook.delay * 1000:g} ms by hook{name}"
 
                     def later(at: float) -> None:
                         delayed = replace(record, time=at, note=held) if record else None
@@ -827,19 +830,25 @@ class Engine:
                     self._schedule(now + hook.delay, later)
                     return
                 if hook.action == DUPLICATE:
-                    self._send_segment(remote_ip, segment, now, record, conn, True)
+                    copy_note = f"duplicated by hook{name}"
                 else:
                     assert hook.rewrite is not None
                     segment = hook.rewrite(segment)
                     if record is not None:
-                        record = replace(record, segment=segment)
-        self.stats["tcp_out"] += 1
+                        record = replace(record, segment=segment, note=f"rewritten by hook{name}")
         ip_id = next(self._ip_id) & 0xFFFF
 
         def build(dst_mac: bytes) -> bytes:
             return wire.encode_tcp(self.mac, dst_mac, self.ip, remote_ip, segment, ip_id=ip_id)
 
+        self.stats["tcp_out"] += 1
         self._send_ip(remote_ip, build, now, record)
+        if copy_note:
+            # The very same frame again, IP ID included, as a duplicating network sends it.
+            self.stats["tcp_out"] += 1
+            self._send_ip(
+                remote_ip, build, now, replace(record, note=copy_note) if record else None
+            )
 
     def _observe(
         self, direction: str, flow: Flow, seg: Segment, now: float, frame: bytes = b""

@@ -3,14 +3,14 @@
 A hook picks segments by a predicate, in one direction, and drops, delays,
 duplicates or rewrites the first `times` of them (every one with times=None):
 
-    stack.add_hook(Hook("out", drop, where=is_flags("."), after=fin_received, times=1))
+    stack.add_hook(Hook("out", DROP, where=all_of(is_flags("."), fin_received)))
 
 drops the first ACK we send after the peer's FIN arrived: the peer in LAST_ACK
 then retransmits its FIN and we ACK it again from TIME_WAIT.
 
 Outgoing hooks act on what our core sent, before it reaches the link; incoming
 ones on what arrived, before our core sees it. The engine counts what each did
-(`hook_dropped_out`, `hook_delayed_in`, ...).
+(`hook_drop_out`, `hook_delay_in`, ...).
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class Hook:
             raise ValueError(f"unknown hook action {self.action!r}")
         if self.action == REWRITE and self.rewrite is None:
             raise ValueError("a rewrite hook needs rewrite=")
+        if self.delay < 0:
+            raise ValueError("delay must not be negative")
 
     @property
     def spent(self) -> bool:

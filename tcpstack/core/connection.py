@@ -1251,7 +1251,9 @@ class TcpConnection:
         if not self.state.can_receive:
             return
         advertised = max(seq.sub(self._rcv_adv_edge, self.rcv_nxt), 0)
-        possible = seq.sub(self._receive_edge(), self.rcv_nxt)
+        # No more than the window field can say: without window scaling a buffer
+        # above 64 KB would otherwise "open" on every read, sending the same ACK.
+        possible = min(seq.sub(self._receive_edge(), self.rcv_nxt), 0xFFFF << self.rcv_wscale)
         if (
             2 * advertised <= self.config.receive_buffer
             and possible >= 2 * advertised

@@ -254,3 +254,38 @@ def test_stack_counters_include_ended_connections(pair: tuple[Stack, Peer]) -> N
     stats = stack.stats()
     assert stats["segments_out"] >= 1 and stats["segments_in"] == 2
     assert stats["drop_syn_sent_bad_ack"] == 1
+
+
+def test_reading_sends_no_useless_window_update_without_window_scaling(
+    pair: tuple[Stack, Peer],
+) -> None:
+    # The peer offers no window scaling, so our window field tops out at 65535 while
+    # our buffer is 1 MB: a read cannot open the window any further than it is.
+    stack, peer = pair
+    s = stack.socket()
+    s.settimeout(TIMEOUT)
+    connecting = pool.submit(s.connect, (PEER_IP, 80))
+    peer.answer_arp()
+    syn = peer.tcp()
+    peer.send_tcp(
+        Segment(80, syn.src_port, 7000, syn.seq + 1, Flags.SYN | Flags.ACK, 65535, Options(1460))
+    )
+    connecting.result(TIMEOUT)
+    assert peer.tcp().window == 65535  # the handshake's ACK
+    peer.send_tcp(Segment(80, syn.src_port, 7001, syn.seq + 1, Flags.ACK, 65535, payload=b"hi"))
+    assert s.recv(10) == b"hi"
+    peer.send(
+        wire.encode_icmp_echo(
+            PEER_MAC, peer.our_mac, PEER_IP, OUR_IP, type=8, ident=1, sequence=1, payload=b""
+        )
+    )
+    # Everything the read made us send is out before the echo reply: one ACK for "hi".
+    sent: list[Segment] = []
+
+    def until_reply(p: wire.Decoded) -> bool:
+        if isinstance(p, wire.TcpPacket):
+            sent.append(p.segment)
+        return isinstance(p, wire.IcmpEcho)
+
+    peer.receive(until_reply, "echo reply")
+    assert [(seg.ack, seg.window) for seg in sent] == [(7003, 65535)]
