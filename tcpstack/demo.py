@@ -19,7 +19,7 @@ from tcpstack.config import TcpConfig
 from tcpstack.core.state import State
 from tcpstack.lab import KernelStates, Lab
 from tcpstack.ladder import Ladder
-from tcpstack.stack import Socket, Stack
+from tcpstack.stack import Socket, Stack, recv_exactly
 from tcpstack.trace import SegmentEvent, TraceEvent
 
 SERVER_PORT = 7007
@@ -153,7 +153,7 @@ def _active(lab: Lab, stack: Stack, note: Callable[[str, str], None], result: De
         note("us", "connect() returned")
         sock.sendall(b"hello, kernel")
         note("us", "sendall(b'hello, kernel') returned")
-        result.reply = _recv_exactly(sock, 13)
+        result.reply = recv_exactly(sock, 13)
         note("us", f"recv() -> {result.reply!r}")
         sock.shutdown(socket.SHUT_WR)
         note("us", "shutdown(SHUT_WR)")
@@ -220,13 +220,3 @@ def _passive(
     result.reply = replies[0] if replies else b""
     result.ok = result.reply == b"HELLO, USERSPACE" and eof == b""
     return sock
-
-
-def _recv_exactly(sock: Socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from tcpstack import sockopts, wire
 from tcpstack.config import StackConfig, TcpConfig
@@ -762,3 +762,18 @@ class Socket:
                 self._engine.bound_ports.discard(self._port)
             if self._flow is not None:
                 self._flow.cond.notify_all()
+
+
+class _Readable(Protocol):
+    def recv(self, bufsize: int, /) -> bytes: ...
+
+
+def recv_exactly(sock: _Readable, n: int) -> bytes:
+    """Read until `n` bytes or end of file, from our socket or a kernel one."""
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data

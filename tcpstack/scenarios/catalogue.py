@@ -31,7 +31,8 @@ from tcpstack.hooks import (
     is_flags,
     local_port,
 )
-from tcpstack.scenarios.harness import TIMEOUT, DutSocket, Run
+from tcpstack.scenarios.harness import TIMEOUT, Address, DutSocket, Run
+from tcpstack.stack import recv_exactly
 from tcpstack.trace import SegmentEvent
 
 # How long a hook holds a segment back: long enough to watch and poll the kernel,
@@ -70,6 +71,12 @@ def _connect(run: Run, port: int, *, bind: int = 0) -> tuple[DutSocket, socket.s
     return _connect_to(run, run.peer_listener(port), bind=bind)
 
 
+def _connected(run: Run) -> tuple[DutSocket, socket.socket, Address, Address]:
+    """A fresh connection: (DUT socket, kernel socket, DUT address, kernel address)."""
+    sock, conn = _connect(run, PORT)
+    return sock, conn, sock.getsockname(), conn.getsockname()
+
+
 def _connect_to(
     run: Run, server: socket.socket, *, bind: int = 0
 ) -> tuple[DutSocket, socket.socket]:
@@ -85,16 +92,6 @@ def _connect_to(
     run.note("kernel", "accept() returned")
     conn.settimeout(TIMEOUT)
     return sock, run.own(conn)
-
-
-def _recv_exactly(sock: DutSocket | socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def _wait_segments(run: Run, sock: DutSocket, count: int, what: str) -> list[SegmentEvent]:
@@ -300,14 +297,12 @@ def connect_accept(run: Run) -> None:
     differential=True,
 )
 def close(run: Run) -> None:
-    sock, conn = _connect(run, PORT)
-    sock.sendall(b"x" * 100)
-    _recv_exactly(conn, 100)
-    conn.sendall(b"y" * 50)
-    _recv_exactly(sock, 50)
-    local = sock.getsockname()
+    sock, conn, local, peer = _connected(run)
     port = local[1]
-    peer = conn.getsockname()
+    sock.sendall(b"x" * 100)
+    recv_exactly(conn, 100)
+    conn.sendall(b"y" * 50)
+    recv_exactly(sock, 50)
     sock.close()
     run.note("us", "close()")
     run.check(conn.recv(10) == b"", "the kernel's recv() returns b'' for our FIN")
@@ -424,10 +419,8 @@ def _in_order(path: list[str], wanted: list[str]) -> bool:
     differential=True,
 )
 def passive_close(run: Run) -> None:
-    sock, conn = _connect(run, PORT)
-    local = sock.getsockname()
+    sock, conn, local, peer = _connected(run)
     port = local[1]
-    peer = conn.getsockname()
     conn.close()
     run.note("kernel", "close()")
     run.check(sock.recv(10) == b"", "our recv() returns b'' for the kernel's FIN")
@@ -460,10 +453,8 @@ def passive_close(run: Run) -> None:
     differential=True,
 )
 def half_close(run: Run) -> None:
-    sock, conn = _connect(run, PORT)
-    local = sock.getsockname()
+    sock, conn, local, peer = _connected(run)
     port = local[1]
-    peer = conn.getsockname()
     sock.shutdown(socket.SHUT_WR)
     run.note("us", "shutdown(SHUT_WR)")
     run.check(conn.recv(10) == b"", "the kernel reads our FIN as end of file")
@@ -473,7 +464,7 @@ def half_close(run: Run) -> None:
     sending_from = run.peer_state(peer, local)
     run.note("kernel", f"sendall() x3 from {sending_from}")
     expected = b"".join(chunks)
-    got = _recv_exactly(sock, len(expected))
+    got = recv_exactly(sock, len(expected))
     run.check(
         got == expected,
         "we receive every byte the kernel sent after our FIN",
@@ -500,10 +491,8 @@ def half_close(run: Run) -> None:
     " before its own was ACKed, which it puts down to a lost ACK",
 )
 def simultaneous_close(run: Run) -> None:
-    sock, conn = _connect(run, PORT)
-    local = sock.getsockname()
+    sock, conn, local, peer = _connected(run)
     port = local[1]
-    peer = conn.getsockname()
     # The kernel's FIN, and the ACK that will follow it, reach us HOLD late: during
     # that time our FIN and the kernel's cross, as if both closed at once.
     run.hook(
@@ -551,10 +540,8 @@ def simultaneous_close(run: Run) -> None:
     " seed 004 says it lasts one MSL",
 )
 def time_wait(run: Run) -> None:
-    sock, conn = _connect(run, PORT)
-    local = sock.getsockname()
+    sock, conn, local, peer = _connected(run)
     port = local[1]
-    peer = conn.getsockname()
     sock.close()
     run.note("us", "close()")
     conn.recv(10)
@@ -610,10 +597,8 @@ def time_wait(run: Run) -> None:
     " closer in LAST_ACK then retransmits its FIN",
 )
 def lost_last_ack(run: Run) -> None:
-    sock, conn = _connect(run, PORT)
-    local = sock.getsockname()
+    sock, conn, local, peer = _connected(run)
     port = local[1]
-    peer = conn.getsockname()
     run.hook(
         Hook(
             "in",
@@ -701,8 +686,7 @@ def lost_syn_ack(run: Run) -> None:
     "seed 003: each direction is closed by a FIN and its ACK",
 )
 def lost_fin(run: Run) -> None:
-    sock, conn = _connect(run, PORT)
-    local = sock.getsockname()
+    sock, conn, local, _ = _connected(run)
     port = local[1]
     run.hook(Hook("out", DROP, where=all_of(local_port(port), has_flags("F")), name="lose our FIN"))
     sock.close()
@@ -815,7 +799,7 @@ def simultaneous_open(run: Run) -> None:
     )
     client.setblocking(True)
     client.sendall(b"both opened")
-    run.check(_recv_exactly(sock, 11) == b"both opened", "and data flows")
+    run.check(recv_exactly(sock, 11) == b"both opened", "and data flows")
 
 
 @scenario(
