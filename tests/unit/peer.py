@@ -5,22 +5,29 @@ from __future__ import annotations
 import concurrent.futures
 import select
 import time
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
+from typing import Protocol
 
 from tcpstack import TcpConfig, wire
 from tcpstack.config import StackConfig
-from tcpstack.core.segment import Segment
+from tcpstack.core.segment import Flags, Options, Segment
 from tcpstack.isn import fixed_isn
 from tcpstack.link import MemoryLink
-from tcpstack.stack import Stack
+from tcpstack.stack import Socket, Stack
+from tcpstack.trace import Recorder
 
 PEER_MAC = bytes.fromhex("02aa00000001")
 OUR_MAC = "02:bb:00:00:00:02"
 PEER_IP = "198.18.0.1"
 OUR_IP = "198.18.0.2"
 TIMEOUT = 5.0
+# make_pair's, unless told: TIME-WAIT of 400 ms; RTOs of a second (SYN) and 200 ms,
+# long enough that a busy machine does not see retransmissions a test did not ask for.
+DEFAULT_CONFIG = TcpConfig(msl=0.2)
+OUR_ISN = 1000  # every connection's, from make_pair's fixed_isn
+PEER_ISN = 7000  # the SYN-ACK's in open_to_peer
+PEER_PORT = 80
+PEER_OPTIONS = Options(mss=1400)  # the SYN-ACK's in open_to_peer, unless told
 
 pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
 
@@ -94,18 +101,49 @@ def make_pair(
         ours,
         f"{OUR_IP}/24",
         mac=OUR_MAC,
-        config=config or TcpConfig(msl=0.2),
+        config=config or DEFAULT_CONFIG,
         limits=limits,
-        isn=fixed_isn(1000),
+        isn=fixed_isn(OUR_ISN),
     )
     return stack, Peer(theirs)
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[Stack, Peer]]:
-    stack, peer = make_pair()
-    try:
-        yield stack, peer
-    finally:
-        stack.close()
-        peer.link.close()
+class MakeRecordedPair(Protocol):
+    """The make_recorded_pair fixture: (stack, peer, recorder subscribed from the start)."""
+
+    def __call__(self, config: TcpConfig | None = None) -> tuple[Stack, Peer, Recorder]: ...
+
+
+def start_open_to_peer(
+    stack: Stack, peer: Peer, *, sock: Socket | None = None, port: int = PEER_PORT
+) -> tuple[Socket, concurrent.futures.Future[None], Segment]:
+    """Our socket (a new one unless given) connecting to the peer's `port` on `pool`:
+    (socket, the connect() under way, our SYN). The peer has answered our ARP request;
+    the SYN waits for the caller's answer."""
+    if sock is None:
+        sock = stack.socket()
+    sock.settimeout(TIMEOUT)
+    connecting = pool.submit(sock.connect, (PEER_IP, port))
+    peer.answer_arp()
+    return sock, connecting, peer.tcp()
+
+
+def open_to_peer(
+    stack: Stack,
+    peer: Peer,
+    *,
+    sock: Socket | None = None,
+    port: int = PEER_PORT,
+    options: Options = PEER_OPTIONS,
+    window: int = 65535,
+) -> tuple[Socket, Segment, Segment]:
+    """Our socket connected to the peer's `port`: (socket, our SYN, the peer's SYN-ACK,
+    with PEER_ISN, `window` and `options`). Our handshake ACK is left for the caller to
+    read or pass over."""
+    sock, connecting, syn = start_open_to_peer(stack, peer, sock=sock, port=port)
+    syn_ack = Segment(
+        port, syn.src_port, PEER_ISN, syn.seq + 1, Flags.SYN | Flags.ACK, window, options
+    )
+    peer.send_tcp(syn_ack)
+    connecting.result(TIMEOUT)
+    return sock, syn, syn_ack

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tcpstack import TcpConfig, control
+from tcpstack import TcpConfig, control, wire
 from tcpstack.core.segment import Flags, Options, Segment
 from tcpstack.isn import fixed_isn
 from tcpstack.link import MemoryLink
 from tcpstack.progress import ProgressBar
 from tcpstack.stack import Stack
-from tests.unit.peer import OUR_IP, OUR_MAC, PEER_IP, TIMEOUT, Peer, pool
+from tests.unit.peer import OUR_IP, OUR_MAC, PEER_IP, Peer, open_to_peer
 
 
 @pytest.fixture
@@ -38,18 +38,12 @@ def test_ss_lists_a_running_stacks_sockets(watched: tuple[Stack, Peer], tmp_path
     listener = stack.socket()
     listener.bind(("", 80))
     listener.listen(5)
-    s = stack.socket()
-    s.settimeout(TIMEOUT)
-    connecting = pool.submit(s.connect, (PEER_IP, 9000))
-    peer.answer_arp()
-    syn = peer.tcp()
-    peer.send_tcp(
-        Segment(9000, syn.src_port, 7000, syn.seq + 1, Flags.SYN | Flags.ACK, 65535, Options(1460))
-    )
-    connecting.result(TIMEOUT)
+    s, syn, _ = open_to_peer(stack, peer, port=9000, options=Options(mss=1460))
     s.sendall(b"x" * 300)  # unacknowledged: Send-Q
     peer.send_tcp(Segment(9000, syn.src_port, 7001, syn.seq + 1, Flags.ACK, 65535, payload=b"hi"))
-    peer.receive(lambda p: True, "our ACK of the data")
+    peer.receive(
+        lambda p: isinstance(p, wire.TcpPacket) and p.segment.ack == 7003, "our ACK of the data"
+    )
     stack.sync()
 
     found = control.snapshots(tmp_path)

@@ -14,9 +14,17 @@ from tcpstack import State, wire
 from tcpstack.core.segment import Flags, Options, Segment
 from tcpstack.link import MemoryLink
 from tcpstack.stack import Stack
-from tests.unit.peer import OUR_IP, OUR_MAC, PEER_IP, PEER_MAC, TIMEOUT, Peer, pair, pool
-
-__all__ = ["pair"]  # the fixture, used by name
+from tests.unit.peer import (
+    OUR_IP,
+    OUR_MAC,
+    PEER_IP,
+    PEER_MAC,
+    TIMEOUT,
+    Peer,
+    open_to_peer,
+    pool,
+    start_open_to_peer,
+)
 
 
 def test_arp_request_for_our_address_is_answered(pair: tuple[Stack, Peer]) -> None:
@@ -75,11 +83,7 @@ def test_malformed_frames_are_counted_not_fatal(pair: tuple[Stack, Peer]) -> Non
 
 def test_connect_returns_on_the_syn_ack_and_data_flows(pair: tuple[Stack, Peer]) -> None:
     stack, peer = pair
-    s = stack.socket()
-    s.settimeout(TIMEOUT)
-    connecting = pool.submit(s.connect, (PEER_IP, 80))
-    peer.answer_arp()
-    syn = peer.tcp()
+    s, connecting, syn = start_open_to_peer(stack, peer)
     assert syn.flags == Flags.SYN and syn.seq == 1000 and syn.options.mss == 1460
     assert s.state is State.SYN_SENT and not connecting.done()
     peer.send_tcp(
@@ -219,16 +223,7 @@ def test_socket_options_reach_the_connection(pair: tuple[Stack, Peer]) -> None:
     assert e.value.errno == errno.ENOPROTOOPT
     with pytest.raises(OSError) as e:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"bbr")
-    s.settimeout(TIMEOUT)
-    connecting = pool.submit(s.connect, (PEER_IP, 80))
-    peer.answer_arp()
-    syn = peer.tcp()
-    peer.send_tcp(
-        Segment(
-            80, syn.src_port, 7000, syn.seq + 1, Flags.SYN | Flags.ACK, 65535, Options(mss=1460)
-        )
-    )
-    connecting.result(TIMEOUT)
+    open_to_peer(stack, peer, sock=s, options=Options(mss=1460))
     conn = s.connection
     assert conn is not None
     assert conn.nodelay and conn.keepalive and conn.cc.name == "reno"
@@ -242,11 +237,7 @@ def test_socket_options_reach_the_connection(pair: tuple[Stack, Peer]) -> None:
 
 def test_stack_counters_include_ended_connections(pair: tuple[Stack, Peer]) -> None:
     stack, peer = pair
-    s = stack.socket()
-    s.settimeout(TIMEOUT)
-    connecting = pool.submit(s.connect, (PEER_IP, 80))
-    peer.answer_arp()
-    syn = peer.tcp()
+    _, connecting, syn = start_open_to_peer(stack, peer)
     peer.send_tcp(Segment(80, syn.src_port, 7000, 0, Flags.RST | Flags.ACK, 0))
     peer.send_tcp(Segment(80, syn.src_port, 7000, syn.seq + 1, Flags.RST | Flags.ACK, 0))
     with pytest.raises(ConnectionRefusedError):
@@ -262,15 +253,7 @@ def test_reading_sends_no_useless_window_update_without_window_scaling(
     # The peer offers no window scaling, so our window field tops out at 65535 while
     # our buffer is 1 MB: a read cannot open the window any further than it is.
     stack, peer = pair
-    s = stack.socket()
-    s.settimeout(TIMEOUT)
-    connecting = pool.submit(s.connect, (PEER_IP, 80))
-    peer.answer_arp()
-    syn = peer.tcp()
-    peer.send_tcp(
-        Segment(80, syn.src_port, 7000, syn.seq + 1, Flags.SYN | Flags.ACK, 65535, Options(1460))
-    )
-    connecting.result(TIMEOUT)
+    s, syn, _ = open_to_peer(stack, peer, options=Options(mss=1460))
     assert peer.tcp().window == 65535  # the handshake's ACK
     peer.send_tcp(Segment(80, syn.src_port, 7001, syn.seq + 1, Flags.ACK, 65535, payload=b"hi"))
     assert s.recv(10) == b"hi"

@@ -8,7 +8,7 @@ a loaded machine may be late, never early.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 
 from tcpstack import State, TcpConfig, wire
 from tcpstack.core.connection import TcpConnection
-from tcpstack.core.segment import Flags, Options, Segment, parse_flags
+from tcpstack.core.segment import Flags, Segment, parse_flags
 from tcpstack.hooks import (
     DELAY,
     DROP,
@@ -37,49 +37,28 @@ from tcpstack.hooks import (
 from tcpstack.stack import Socket, Stack
 from tcpstack.trace import FrameEvent, Recorder, RetransmitEvent, SegmentEvent
 from tests.unit.helpers import FACTORIES
-from tests.unit.peer import PEER_IP, TIMEOUT, Peer, make_pair, pool
+from tests.unit.peer import (
+    OUR_ISN,
+    PEER_IP,
+    PEER_ISN,
+    PEER_PORT,
+    TIMEOUT,
+    MakeRecordedPair,
+    Peer,
+    open_to_peer,
+    pool,
+)
 
-# RTOs of a second (SYN) and 200 ms: a busy machine does not see retransmissions
-# a test did not ask for. The tests that want one sooner ask for a shorter RTO.
-DEFAULT = TcpConfig(msl=0.2)
+# make_recorded_pair's default config has RTOs of a second (SYN) and 200 ms, so a
+# busy machine does not see retransmissions a test did not ask for. The tests that
+# want one sooner ask for a shorter RTO.
 QUICK_SYN = TcpConfig(msl=0.2, rto_initial=0.1, rto_min=0.1)
-OUR_ISN = 1000  # fixed_isn(1000) in make_pair
-PEER_ISN = 7000
-PEER_PORT = 80
-
-Make = Callable[..., tuple[Stack, Peer, Recorder]]
-
-
-@pytest.fixture
-def make() -> Iterator[Make]:
-    """A factory of (stack, peer, recorder subscribed from the start); all closed after."""
-    made: list[tuple[Stack, Peer]] = []
-
-    def factory(config: TcpConfig = DEFAULT) -> tuple[Stack, Peer, Recorder]:
-        stack, peer = make_pair(config)
-        made.append((stack, peer))
-        recorder = Recorder()
-        stack.subscribe(recorder)
-        return stack, peer, recorder
-
-    yield factory
-    for stack, peer in made:
-        stack.close()
-        peer.link.close()
 
 
 def connect(stack: Stack, peer: Peer) -> tuple[Socket, int]:
     """Our socket connected to the peer's port 80, and its local port. Our handshake
     ACK is left for the caller to read or pass over."""
-    sock = stack.socket()
-    sock.settimeout(TIMEOUT)
-    connecting = pool.submit(sock.connect, (PEER_IP, PEER_PORT))
-    peer.answer_arp()
-    syn = peer.tcp()
-    peer.send_tcp(
-        Segment(80, syn.src_port, PEER_ISN, 1001, Flags.SYN | Flags.ACK, 65535, Options(mss=1400))
-    )
-    connecting.result(TIMEOUT)
+    sock, syn, _ = open_to_peer(stack, peer)
     return sock, syn.src_port
 
 
@@ -221,8 +200,10 @@ def test_from_first_matches_from_the_first_acceptance_on() -> None:
 # ------------------------------------------------------------- drop, going out
 
 
-def test_dropping_our_first_syn_makes_connect_retransmit_it(make: Make) -> None:
-    stack, peer, recorder = make(QUICK_SYN)
+def test_dropping_our_first_syn_makes_connect_retransmit_it(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair(QUICK_SYN)
     hook = stack.add_hook(Hook("out", DROP, where=is_flags("S"), name="lose-syn"))
     sock = stack.socket()
     sock.settimeout(TIMEOUT)
@@ -247,17 +228,19 @@ def test_dropping_our_first_syn_makes_connect_retransmit_it(make: Make) -> None:
     assert retransmit.time - syns[0].time >= QUICK_SYN.rto_initial - 1e-9
 
 
-def test_unnamed_hook_notes_end_without_a_name(make: Make) -> None:
-    stack, peer, recorder = make(QUICK_SYN)
+def test_unnamed_hook_notes_end_without_a_name(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair(QUICK_SYN)
     stack.add_hook(Hook("out", DROP, where=is_flags("S")))
     connect(stack, peer)
     stack.sync()
     assert recorder.segments[0].note == "dropped by hook"
 
 
-def test_an_ack_after_the_peers_fin_is_dropped_and_sent_again(make: Make) -> None:
+def test_an_ack_after_the_peers_fin_is_dropped_and_sent_again(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
     # The module docstring's example: the peer's FIN is then retransmitted and ACKed again.
-    stack, peer, recorder = make()
+    stack, peer, recorder = make_recorded_pair()
     sock, port = connect(stack, peer)
     stack.add_hook(Hook("out", DROP, where=all_of(is_flags("."), fin_received), name="lose-ack"))
     fin = from_peer(port, PEER_ISN + 1, flags=Flags.FIN | Flags.ACK)
@@ -271,8 +254,8 @@ def test_an_ack_after_the_peers_fin_is_dropped_and_sent_again(make: Make) -> Non
     assert dropped.segment.ack == PEER_ISN + 2 and dropped.state is State.CLOSE_WAIT
 
 
-def test_in_state_sees_the_state_a_segment_is_sent_in(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_in_state_sees_the_state_a_segment_is_sent_in(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
     sock, port = connect(stack, peer)
     stack.add_hook(
         Hook("out", DROP, where=all_of(has_flags("F"), in_state(State.FIN_WAIT_1)), name="no-fin")
@@ -289,8 +272,10 @@ def test_in_state_sees_the_state_a_segment_is_sent_in(make: Make) -> None:
 # ------------------------------------------------------------ drop, coming in
 
 
-def test_dropped_incoming_data_is_replaced_by_the_peers_retransmission(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_dropped_incoming_data_is_replaced_by_the_peers_retransmission(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
     sock, port = connect(stack, peer)
     hook = stack.add_hook(Hook("in", DROP, where=carries_data, name="lose-data"))
     # Same sequence number, different bytes: which one we read says which arrived.
@@ -305,8 +290,10 @@ def test_dropped_incoming_data_is_replaced_by_the_peers_retransmission(make: Mak
     assert dropped.frame  # it did arrive, unlike a dropped outgoing segment
 
 
-def test_an_incoming_hook_drops_a_segment_for_no_connection(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_an_incoming_hook_drops_a_segment_for_no_connection(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
     stack.add_hook(Hook("in", DROP, where=is_flags("S"), name="deaf"))
     peer.send_tcp(Segment(5555, 81, 100, 0, Flags.SYN, 64240))
     peer.send_tcp(Segment(5556, 81, 100, 0, Flags.SYN, 64240))
@@ -323,8 +310,8 @@ def test_an_incoming_hook_drops_a_segment_for_no_connection(make: Make) -> None:
     assert stack.stats()["tcp_no_connection"] == 1
 
 
-def test_times_counts_the_matches_acted_on(make: Make) -> None:
-    stack, peer, _ = make()
+def test_times_counts_the_matches_acted_on(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, _ = make_recorded_pair()
     sock, port = connect(stack, peer)
     hook = stack.add_hook(Hook("in", DROP, where=carries_data, times=2))
     for payload in (b"one", b"two", b"three"):
@@ -334,8 +321,8 @@ def test_times_counts_the_matches_acted_on(make: Make) -> None:
     assert stack.stats()["hook_drop_in"] == 2
 
 
-def test_times_none_acts_on_every_match_until_removed(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_times_none_acts_on_every_match_until_removed(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
     sock, port = connect(stack, peer)
     hook = stack.add_hook(Hook("in", DROP, where=carries_data, times=None, name="all"))
     for n in range(5):
@@ -351,8 +338,10 @@ def test_times_none_acts_on_every_match_until_removed(make: Make) -> None:
     assert hook.fired == 5 and len(noted(recorder, "dropped by hook all")) == 5
 
 
-def test_hooks_are_tried_in_order_and_a_spent_one_steps_aside(make: Make) -> None:
-    stack, peer, _ = make()
+def test_hooks_are_tried_in_order_and_a_spent_one_steps_aside(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, _ = make_recorded_pair()
     sock, port = connect(stack, peer)
     first = stack.add_hook(Hook("in", DROP, where=carries_data, name="first"))
     second = stack.add_hook(Hook("in", DROP, where=carries_data, name="second"))
@@ -365,9 +354,11 @@ def test_hooks_are_tried_in_order_and_a_spent_one_steps_aside(make: Make) -> Non
 # ------------------------------------------------------------------- delay
 
 
-def test_an_outgoing_delay_holds_the_segment_for_its_delay(make: Make) -> None:
+def test_an_outgoing_delay_holds_the_segment_for_its_delay(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
     # The RTO is 200 ms: a delay of 100 ms does not race the retransmission.
-    stack, peer, recorder = make()
+    stack, peer, recorder = make_recorded_pair()
     sock, _ = connect(stack, peer)
     stack.add_hook(Hook("out", DELAY, where=carries_data, delay=0.1, name="slow"))
     started = time.monotonic()
@@ -381,8 +372,10 @@ def test_an_outgoing_delay_holds_the_segment_for_its_delay(make: Make) -> None:
     assert stack.stats()["hook_delay_out"] == 1
 
 
-def test_an_incoming_delay_holds_the_segment_for_its_delay(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_an_incoming_delay_holds_the_segment_for_its_delay(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
     sock, port = connect(stack, peer)
     stack.add_hook(Hook("in", DELAY, where=carries_data, delay=0.1, name="late"))
     started = time.monotonic()
@@ -395,8 +388,8 @@ def test_an_incoming_delay_holds_the_segment_for_its_delay(make: Make) -> None:
     assert stack.stats()["hook_delay_in"] == 1
 
 
-def test_a_delayed_incoming_segment_is_counted_once(make: Make) -> None:
-    stack, peer, _ = make()
+def test_a_delayed_incoming_segment_is_counted_once(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, _ = make_recorded_pair()
     sock, port = connect(stack, peer)
     peer.ping(1)
     before = stack.stats()["tcp_in"]
@@ -406,8 +399,10 @@ def test_a_delayed_incoming_segment_is_counted_once(make: Make) -> None:
     assert stack.stats()["tcp_in"] == before + 1
 
 
-def test_a_hooks_note_is_kept_for_a_segment_to_no_connection(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_a_hooks_note_is_kept_for_a_segment_to_no_connection(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
     stack.add_hook(Hook("in", DELAY, where=is_flags("S"), delay=0.01, name="late"))
     peer.send_tcp(Segment(5555, 81, 100, 0, Flags.SYN, 64240))
     peer.answer_arp()
@@ -420,8 +415,10 @@ def test_a_hooks_note_is_kept_for_a_segment_to_no_connection(make: Make) -> None
 # --------------------------------------------------------------- duplicate
 
 
-def test_an_outgoing_duplicate_sends_the_segment_twice(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_an_outgoing_duplicate_sends_the_segment_twice(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
     sock, _ = connect(stack, peer)
     stack.add_hook(Hook("out", DUPLICATE, where=carries_data, name="twice"))
     sock.sendall(b"hello")
@@ -434,8 +431,8 @@ def test_an_outgoing_duplicate_sends_the_segment_twice(make: Make) -> None:
     assert stack.stats()["hook_duplicate_out"] == 1
 
 
-def test_an_outgoing_duplicate_is_the_same_frame(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_an_outgoing_duplicate_is_the_same_frame(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
     sock, _ = connect(stack, peer)
     stack.add_hook(Hook("out", DUPLICATE, where=carries_data))
     sock.sendall(b"hello")
@@ -446,8 +443,8 @@ def test_an_outgoing_duplicate_is_the_same_frame(make: Make) -> None:
     assert copy == original
 
 
-def test_an_outgoing_duplicate_is_noted(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_an_outgoing_duplicate_is_noted(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
     sock, _ = connect(stack, peer)
     stack.add_hook(Hook("out", DUPLICATE, where=carries_data, name="twice"))
     sock.sendall(b"hello")
@@ -458,8 +455,10 @@ def test_an_outgoing_duplicate_is_noted(make: Make) -> None:
     assert sorted(notes) == ["", "duplicated by hook twice"]
 
 
-def test_an_incoming_duplicate_is_input_twice_and_read_once(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_an_incoming_duplicate_is_input_twice_and_read_once(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
     sock, port = connect(stack, peer)
     stack.add_hook(Hook("in", DUPLICATE, where=carries_data, name="echo"))
     peer.send_tcp(data_from_peer(port, b"hi"))
@@ -475,8 +474,10 @@ def test_an_incoming_duplicate_is_input_twice_and_read_once(make: Make) -> None:
 # ----------------------------------------------------------------- rewrite
 
 
-def test_rewriting_our_window_changes_what_the_peer_sees(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_rewriting_our_window_changes_what_the_peer_sees(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
     stack.add_hook(
         Hook("out", REWRITE, where=is_flags("."), rewrite=lambda s: replace(s, window=1234))
     )
@@ -491,8 +492,8 @@ def test_rewriting_our_window_changes_what_the_peer_sees(make: Make) -> None:
     assert stack.stats()["hook_rewrite_out"] == 1
 
 
-def test_an_outgoing_rewrite_is_noted(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_an_outgoing_rewrite_is_noted(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
     stack.add_hook(
         Hook(
             "out",
@@ -509,8 +510,10 @@ def test_an_outgoing_rewrite_is_noted(make: Make) -> None:
     assert traced.note == "rewritten by hook small-window"
 
 
-def test_rewriting_incoming_data_into_a_reset_resets_the_connection(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_rewriting_incoming_data_into_a_reset_resets_the_connection(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
     sock, port = connect(stack, peer)
     stack.add_hook(
         Hook(

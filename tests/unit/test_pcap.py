@@ -23,12 +23,12 @@ import pytest
 from scapy.utils import rdpcap
 
 from tcpstack import State, wire
-from tcpstack.core.segment import Flags, Options, Segment
+from tcpstack.core.segment import Flags, Segment
 from tcpstack.hooks import Hook, carries_data, is_flags
 from tcpstack.pcap import PcapWriter, comment_for, parse_comment, write_pcapng
-from tcpstack.stack import Socket, Stack
+from tcpstack.stack import Stack
 from tcpstack.trace import FrameEvent, Recorder, SegmentEvent, TraceEvent
-from tests.unit.peer import OUR_IP, PEER_IP, PEER_MAC, TIMEOUT, Peer, make_pair, pool
+from tests.unit.peer import OUR_IP, PEER_IP, PEER_MAC, Peer, make_pair, open_to_peer
 
 TSHARK = shutil.which("tshark")
 needs_tshark = pytest.mark.skipif(
@@ -116,20 +116,6 @@ def expected_comment(event: FramedEvent) -> dict[str, str]:
     return fields
 
 
-def connect(stack: Stack, peer: Peer) -> tuple[Socket, Segment]:
-    """Our socket connected to the peer's port 80; the SYN we sent."""
-    s = stack.socket()
-    s.settimeout(TIMEOUT)
-    connecting = pool.submit(s.connect, (PEER_IP, 80))
-    peer.answer_arp()
-    syn = peer.tcp()
-    peer.send_tcp(
-        Segment(80, syn.src_port, 7000, 1001, Flags.SYN | Flags.ACK, 65535, Options(mss=1400))
-    )
-    connecting.result(TIMEOUT)
-    return s, syn
-
-
 def tcp_segment(peer: Peer, want: Callable[[Segment], object], what: str) -> Segment:
     packet = peer.receive(lambda p: isinstance(p, wire.TcpPacket) and bool(want(p.segment)), what)
     assert isinstance(packet, wire.TcpPacket)
@@ -155,7 +141,7 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Capture]:
     for subscriber in (live, fixed, recorder):
         stack.subscribe(subscriber)
     try:
-        s, syn = connect(stack, peer)
+        s, syn, _ = open_to_peer(stack, peer)
         port = syn.src_port
         s.sendall(b"hello")
         tcp_segment(peer, lambda seg: seg.payload == b"hello", "our data")
@@ -286,16 +272,6 @@ def test_write_pcapng_of_recorded_events_matches_the_live_file(
 # ------------------------------------------------------------ dropped frames
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[Stack, Peer]]:
-    stack, peer = make_pair()
-    try:
-        yield stack, peer
-    finally:
-        stack.close()
-        peer.link.close()
-
-
 @needs_tshark
 def test_hook_dropped_segment_is_not_in_the_file(pair: tuple[Stack, Peer], tmp_path: Path) -> None:
     stack, peer = pair
@@ -308,7 +284,7 @@ def test_hook_dropped_segment_is_not_in_the_file(pair: tuple[Stack, Peer], tmp_p
     # the peer. The peer's first data is lost on its way in.
     stack.add_hook(Hook("out", "drop", where=is_flags("."), name="lose-ack"))
     stack.add_hook(Hook("in", "drop", where=carries_data, name="lose-data"))
-    s, syn = connect(stack, peer)
+    s, syn, _ = open_to_peer(stack, peer)
     s.sendall(b"hello")
     tcp_segment(peer, lambda seg: seg.payload == b"hello", "our data")
     peer.send_tcp(

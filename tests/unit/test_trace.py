@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,7 +18,7 @@ import pytest
 
 from tcpstack import State, TcpConfig, wire
 from tcpstack.core.segment import Flags, Options, Segment
-from tcpstack.stack import Socket, Stack
+from tcpstack.stack import Stack
 from tcpstack.trace import (
     FrameEvent,
     JsonLines,
@@ -30,56 +30,26 @@ from tcpstack.trace import (
     TraceEvent,
     log_to,
 )
-from tests.unit.peer import OUR_IP, PEER_IP, PEER_MAC, TIMEOUT, Peer, make_pair, pool
+from tests.unit.peer import (
+    DEFAULT_CONFIG,
+    OUR_IP,
+    OUR_ISN,
+    PEER_IP,
+    PEER_ISN,
+    PEER_MAC,
+    PEER_PORT,
+    TIMEOUT,
+    MakeRecordedPair,
+    Peer,
+    open_to_peer,
+    pool,
+)
 
-# TIME-WAIT of 400 ms; RTOs of a second (SYN) and 200 ms, long enough that a
-# busy machine does not see retransmissions a test did not ask for.
-DEFAULT = TcpConfig(msl=0.2)
+DEFAULT = DEFAULT_CONFIG  # make_recorded_pair's, unless told
 # For the tests that want retransmissions, soon.
 FAST = TcpConfig(msl=0.2, rto_initial=0.05, rto_min=0.05)
-OUR_ISN = 1000  # fixed_isn(1000) in make_pair
-PEER_ISN = 7000
-PEER_PORT = 80
-PEER_OPTIONS = Options(mss=1400)
 
 E = TypeVar("E", bound=TraceEvent)
-Make = Callable[..., tuple[Stack, Peer, Recorder]]
-
-
-@pytest.fixture
-def make() -> Iterator[Make]:
-    """A factory of (stack, peer, recorder subscribed from the start); all closed after."""
-    made: list[tuple[Stack, Peer]] = []
-
-    def factory(config: TcpConfig = DEFAULT) -> tuple[Stack, Peer, Recorder]:
-        stack, peer = make_pair(config)
-        made.append((stack, peer))
-        recorder = Recorder()
-        stack.subscribe(recorder)
-        return stack, peer, recorder
-
-    yield factory
-    for stack, peer in made:
-        stack.close()
-        peer.link.close()
-
-
-def connect(
-    stack: Stack, peer: Peer, options: Options = PEER_OPTIONS, window: int = 65535
-) -> tuple[Socket, Segment, Segment]:
-    """Our socket connected to the peer's port 80: (socket, our SYN, the peer's SYN-ACK).
-    Our handshake ACK is left for the caller to read or pass over."""
-    sock = stack.socket()
-    sock.settimeout(TIMEOUT)
-    connecting = pool.submit(sock.connect, (PEER_IP, PEER_PORT))
-    peer.answer_arp()
-    syn = peer.tcp()
-    syn_ack = Segment(
-        PEER_PORT, syn.src_port, PEER_ISN, syn.seq + 1, Flags.SYN | Flags.ACK, window, options
-    )
-    peer.send_tcp(syn_ack)
-    connecting.result(TIMEOUT)
-    return sock, syn, syn_ack
 
 
 def from_peer(
@@ -106,9 +76,9 @@ def of(kind: type[E], events: list[TraceEvent]) -> list[E]:
 # ----------------------------------------------------------------- segments
 
 
-def test_handshake_numbers_count_from_each_sides_isn(make: Make) -> None:
-    stack, peer, recorder = make()
-    connect(stack, peer)
+def test_handshake_numbers_count_from_each_sides_isn(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
+    open_to_peer(stack, peer)
     tcp_where(peer, lambda s: s.flags == Flags.ACK, "our handshake ACK")
     stack.sync()
     syn, syn_ack, ack = recorder.segments[:3]
@@ -125,9 +95,9 @@ def test_handshake_numbers_count_from_each_sides_isn(make: Make) -> None:
     assert (ack.relative_seq, ack.relative_ack) == (1, 1)
 
 
-def test_relative_numbers_count_payload_bytes(make: Make) -> None:
-    stack, peer, recorder = make()
-    sock, syn, _ = connect(stack, peer)
+def test_relative_numbers_count_payload_bytes(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
+    sock, syn, _ = open_to_peer(stack, peer)
     port = syn.src_port
     sock.sendall(b"hello")
     tcp_where(peer, lambda s: s.payload == b"hello", "our data")
@@ -157,9 +127,9 @@ def test_relative_numbers_wrap_around_the_sequence_space() -> None:
     assert (incoming.relative_seq, incoming.relative_ack) == (0x20, 0x21)
 
 
-def test_snapshot_is_taken_after_the_segment(make: Make) -> None:
-    stack, peer, recorder = make()
-    sock, _, _ = connect(stack, peer)
+def test_snapshot_is_taken_after_the_segment(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
+    sock, _, _ = open_to_peer(stack, peer)
     stack.sync()
     syn, syn_ack = recorder.segments[:2]
     # Our SYN: one sequence number used, nothing known of the peer, no RTT sample yet.
@@ -175,9 +145,9 @@ def test_snapshot_is_taken_after_the_segment(make: Make) -> None:
     assert syn_ack.rto >= DEFAULT.rto_min
 
 
-def test_snapshot_follows_data_in_flight_and_its_ack(make: Make) -> None:
-    stack, peer, recorder = make()
-    sock, syn, _ = connect(stack, peer)
+def test_snapshot_follows_data_in_flight_and_its_ack(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
+    sock, syn, _ = open_to_peer(stack, peer)
     sock.sendall(b"hello")
     tcp_where(peer, lambda s: s.payload == b"hello", "our data")
     peer.send_tcp(from_peer(syn.src_port, PEER_ISN + 1, OUR_ISN + 6))
@@ -189,8 +159,10 @@ def test_snapshot_follows_data_in_flight_and_its_ack(make: Make) -> None:
     assert (acked.snd_una, acked.snd_nxt) == (1006, 1006)
 
 
-def test_segment_frame_is_the_ethernet_frame_on_the_wire(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_segment_frame_is_the_ethernet_frame_on_the_wire(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
     sock = stack.socket()
     sock.settimeout(TIMEOUT)
     connecting = pool.submit(sock.connect, (PEER_IP, PEER_PORT))
@@ -216,9 +188,9 @@ def test_segment_frame_is_the_ethernet_frame_on_the_wire(make: Make) -> None:
     assert theirs.frame == frame
 
 
-def test_segment_to_dict_is_json_with_both_numberings(make: Make) -> None:
-    stack, peer, recorder = make()
-    _, syn, _ = connect(stack, peer)
+def test_segment_to_dict_is_json_with_both_numberings(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
+    _, syn, _ = open_to_peer(stack, peer)
     stack.sync()
     ours, theirs = recorder.segments[:2]
     data = json.loads(json.dumps(theirs.to_dict()))
@@ -251,17 +223,19 @@ def test_segment_to_dict_is_json_with_both_numberings(make: Make) -> None:
     assert (ours.to_dict()["ack"], ours.to_dict()["relative_ack"]) == (None, None)
 
 
-def test_segment_str_reads_like_tcpdump_relative(make: Make) -> None:
-    stack, peer, recorder = make()
-    connect(stack, peer)
+def test_segment_str_reads_like_tcpdump_relative(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
+    open_to_peer(stack, peer)
     stack.sync()
     ours, theirs = recorder.segments[:2]
     assert str(ours) == "> S seq 0 len 0 win 65535 [SYN_SENT]"
     assert str(theirs) == "< S. seq 0 ack 1 len 0 win 65535 [ESTABLISHED]"
 
 
-def test_segment_to_no_connection_and_our_reset_are_traced(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_segment_to_no_connection_and_our_reset_are_traced(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
     peer.send_tcp(Segment(5555, 81, 4242, 0, Flags.SYN, 64240, Options(mss=1460)))
     peer.answer_arp()
     assert peer.tcp().flags == Flags.RST | Flags.ACK
@@ -277,9 +251,11 @@ def test_segment_to_no_connection_and_our_reset_are_traced(make: Make) -> None:
 # ------------------------------------------------------------------- states
 
 
-def test_state_events_name_the_call_or_segment_that_caused_them(make: Make) -> None:
-    stack, peer, recorder = make()
-    sock, syn, syn_ack = connect(stack, peer)
+def test_state_events_name_the_call_or_segment_that_caused_them(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
+    sock, syn, syn_ack = open_to_peer(stack, peer)
     port = syn.src_port
     sock.close()
     fin = tcp_where(peer, lambda s: s.fin, "our FIN")
@@ -301,8 +277,10 @@ def test_state_events_name_the_call_or_segment_that_caused_them(make: Make) -> N
     assert recorder.states[1].cause == "S. 7000:7000(0) ack 1001 win 65535 <mss 1400>"
 
 
-def test_passive_open_states_are_caused_by_the_peers_segments(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_passive_open_states_are_caused_by_the_peers_segments(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
     listener = stack.socket()
     listener.bind(("", 80))
     listener.listen()
@@ -321,9 +299,9 @@ def test_passive_open_states_are_caused_by_the_peers_segments(make: Make) -> Non
     ]
 
 
-def test_reset_state_event_names_the_rst(make: Make) -> None:
-    stack, peer, recorder = make()
-    sock, syn, _ = connect(stack, peer)
+def test_reset_state_event_names_the_rst(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
+    sock, syn, _ = open_to_peer(stack, peer)
     rst = Segment(PEER_PORT, syn.src_port, PEER_ISN + 1, 0, Flags.RST, 0)
     peer.send_tcp(rst)
     sock.wait_for_state(State.CLOSED, timeout=TIMEOUT)
@@ -336,9 +314,9 @@ def test_reset_state_event_names_the_rst(make: Make) -> None:
     )
 
 
-def test_state_event_str_and_dict(make: Make) -> None:
-    stack, peer, recorder = make()
-    _, syn, _ = connect(stack, peer)
+def test_state_event_str_and_dict(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
+    _, syn, _ = open_to_peer(stack, peer)
     stack.sync()
     first = recorder.states[0]
     assert str(first) == "CLOSED -> SYN_SENT (connect())"
@@ -357,10 +335,10 @@ def test_state_event_str_and_dict(make: Make) -> None:
 
 
 def test_retransmit_timer_is_armed_for_the_initial_rto_and_cancelled_by_the_syn_ack(
-    make: Make,
+    make_recorded_pair: MakeRecordedPair,
 ) -> None:
-    stack, peer, recorder = make()
-    connect(stack, peer)
+    stack, peer, recorder = make_recorded_pair()
+    open_to_peer(stack, peer)
     stack.sync()
     timers = [(e.timer, e.action) for e in of(TimerEvent, recorder.events)]
     assert timers[:2] == [("retransmit", "armed"), ("retransmit", "cancelled")]
@@ -370,11 +348,11 @@ def test_retransmit_timer_is_armed_for_the_initial_rto_and_cancelled_by_the_syn_
     assert str(armed) == "timer retransmit armed for +1000.0 ms"
 
 
-def test_delayed_ack_timer_is_armed_and_fires(make: Make) -> None:
+def test_delayed_ack_timer_is_armed_and_fires(make_recorded_pair: MakeRecordedPair) -> None:
     # No quick ACKs: the first segment of data waits for the delayed-ACK timer.
     config = TcpConfig(msl=0.2, quick_acks=0, delayed_ack=0.04)
-    stack, peer, recorder = make(config)
-    _, syn, _ = connect(stack, peer)
+    stack, peer, recorder = make_recorded_pair(config)
+    _, syn, _ = open_to_peer(stack, peer)
     peer.send_tcp(from_peer(syn.src_port, PEER_ISN + 1, OUR_ISN + 1, Flags.ACK | Flags.PSH, b"x"))
     # Not read: a read could send a window update, which would cancel the timer.
     tcp_where(peer, lambda s: s.ack == PEER_ISN + 2, "our delayed ACK")
@@ -390,9 +368,9 @@ def test_delayed_ack_timer_is_armed_and_fires(make: Make) -> None:
     assert str(fired) == "timer delayed_ack fired"
 
 
-def test_time_wait_timer_is_armed_for_twice_the_msl(make: Make) -> None:
-    stack, peer, recorder = make()
-    sock, syn, _ = connect(stack, peer)
+def test_time_wait_timer_is_armed_for_twice_the_msl(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
+    sock, syn, _ = open_to_peer(stack, peer)
     sock.close()
     fin = tcp_where(peer, lambda s: s.fin, "our FIN")
     peer.send_tcp(from_peer(syn.src_port, PEER_ISN + 1, fin.seq + 1, Flags.FIN | Flags.ACK))
@@ -411,9 +389,9 @@ def test_time_wait_timer_is_armed_for_twice_the_msl(make: Make) -> None:
     assert recorder.events.index(fired) < recorder.events.index(closed)
 
 
-def test_timer_event_to_dict(make: Make) -> None:
-    stack, peer, recorder = make()
-    _, syn, _ = connect(stack, peer)
+def test_timer_event_to_dict(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
+    _, syn, _ = open_to_peer(stack, peer)
     stack.sync()
     cancelled = of(TimerEvent, recorder.events)[1]
     assert json.loads(json.dumps(cancelled.to_dict())) == {
@@ -431,8 +409,10 @@ def test_timer_event_to_dict(make: Make) -> None:
 # ---------------------------------------------------------- retransmissions
 
 
-def test_unanswered_syn_is_retransmitted_with_reason_syn(make: Make) -> None:
-    stack, peer, recorder = make(FAST)
+def test_unanswered_syn_is_retransmitted_with_reason_syn(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair(FAST)
     sock = stack.socket()
     sock.settimeout(TIMEOUT)
     connecting = pool.submit(sock.connect, (PEER_IP, PEER_PORT))
@@ -455,9 +435,11 @@ def data_retransmits(recorder: Recorder) -> list[RetransmitEvent]:
     return [e for e in of(RetransmitEvent, recorder.events) if e.reason != "syn"]
 
 
-def test_unacknowledged_data_is_retransmitted_on_timeout(make: Make) -> None:
-    stack, peer, recorder = make(FAST)
-    sock, syn, _ = connect(stack, peer)  # no SACK: no tail loss probe first
+def test_unacknowledged_data_is_retransmitted_on_timeout(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair(FAST)
+    sock, syn, _ = open_to_peer(stack, peer)  # no SACK: no tail loss probe first
     sock.sendall(b"hello")
     tcp_where(peer, lambda s: s.payload == b"hello", "our data")
     tcp_where(peer, lambda s: s.payload == b"hello", "our data again")
@@ -475,11 +457,13 @@ def test_unacknowledged_data_is_retransmitted_on_timeout(make: Make) -> None:
     }
 
 
-def test_three_duplicate_acks_trigger_a_fast_retransmit(make: Make) -> None:
+def test_three_duplicate_acks_trigger_a_fast_retransmit(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
     # The RTO of 200 ms cannot resend the head first; a tail loss probe may come if
     # the test is slow (it resends the tail), and is not what this is about.
-    stack, peer, recorder = make()
-    sock, syn, _ = connect(stack, peer, Options(mss=1000, sack_permitted=True))
+    stack, peer, recorder = make_recorded_pair()
+    sock, syn, _ = open_to_peer(stack, peer, options=Options(mss=1000, sack_permitted=True))
     port = syn.src_port
     sock.sendall(b"x" * 5000)
     for n in range(5):
@@ -494,9 +478,9 @@ def test_three_duplicate_acks_trigger_a_fast_retransmit(make: Make) -> None:
     assert (event.length, event.reason) == (1000, "fast")
 
 
-def test_tail_loss_probe_resends_the_last_segment(make: Make) -> None:
-    stack, peer, recorder = make()
-    sock, _, _ = connect(stack, peer, Options(mss=1000, sack_permitted=True))
+def test_tail_loss_probe_resends_the_last_segment(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
+    sock, _, _ = open_to_peer(stack, peer, options=Options(mss=1000, sack_permitted=True))
     sock.sendall(b"x" * 2000)  # two segments: the probe is due in 10 ms, the RTO in 200
     for start in (1001, 2001, 2001):
         tcp_where(peer, data_at(start), f"data at {start}")
@@ -505,9 +489,11 @@ def test_tail_loss_probe_resends_the_last_segment(make: Make) -> None:
     assert (event.seq, event.length, event.reason) == (2001, 1000, "tail_probe")
 
 
-def test_zero_window_probe_is_resent_with_reason_probe(make: Make) -> None:
-    stack, peer, recorder = make(FAST)
-    sock, _, _ = connect(stack, peer, Options(mss=1000), window=0)
+def test_zero_window_probe_is_resent_with_reason_probe(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair(FAST)
+    sock, _, _ = open_to_peer(stack, peer, options=Options(mss=1000), window=0)
     sock.sendall(b"hello")
     # The persist timer sends one byte into the closed window, then sends it again.
     for _ in range(2):
@@ -520,9 +506,9 @@ def test_zero_window_probe_is_resent_with_reason_probe(make: Make) -> None:
 # ------------------------------------------------------------- other frames
 
 
-def test_arp_frames_are_traced_with_notes(make: Make) -> None:
-    stack, peer, recorder = make()
-    connect(stack, peer)
+def test_arp_frames_are_traced_with_notes(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
+    open_to_peer(stack, peer)
     stack.sync()
     frames = of(FrameEvent, recorder.events)
     assert [(f.direction, f.note) for f in frames] == [("out", "arp request"), ("in", "arp")]
@@ -533,8 +519,8 @@ def test_arp_frames_are_traced_with_notes(make: Make) -> None:
     assert isinstance(reply, wire.ArpPacket) and reply.op == 2
 
 
-def test_icmp_echo_and_reply_are_traced(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_icmp_echo_and_reply_are_traced(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
     reply = peer.ping(3)
     stack.sync()
     frames = of(FrameEvent, recorder.events)
@@ -543,8 +529,10 @@ def test_icmp_echo_and_reply_are_traced(make: Make) -> None:
     assert decoded == reply
 
 
-def test_frame_with_a_bad_checksum_is_traced_as_dropped(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_frame_with_a_bad_checksum_is_traced_as_dropped(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
     good = wire.encode_tcp(PEER_MAC, peer.our_mac, PEER_IP, OUR_IP, Segment(1, 80, 1, 0, Flags.SYN))
     bad = bytearray(good)
     bad[-1] ^= 0xFF
@@ -571,8 +559,8 @@ def test_frame_with_a_bad_checksum_is_traced_as_dropped(make: Make) -> None:
 # -------------------------------------------------------------- subscribers
 
 
-def test_unsubscribed_subscriber_gets_nothing_more(make: Make) -> None:
-    stack, peer, recorder = make()
+def test_unsubscribed_subscriber_gets_nothing_more(make_recorded_pair: MakeRecordedPair) -> None:
+    stack, peer, recorder = make_recorded_pair()
     other = stack.subscribe(Recorder())
     assert isinstance(other, Recorder)
     peer.ping(1)
@@ -586,10 +574,12 @@ def test_unsubscribed_subscriber_gets_nothing_more(make: Make) -> None:
     assert len(other.events) == 4
 
 
-def test_subscriber_may_read_the_stack_from_its_callback(make: Make) -> None:
+def test_subscriber_may_read_the_stack_from_its_callback(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
     # Subscribers run on the engine's thread with the stack locked; the lock is
     # reentrant so that this does not deadlock.
-    stack, peer, _ = make()
+    stack, peer, _ = make_recorded_pair()
     seen: list[int] = []
     stack.subscribe(lambda event: seen.append(stack.stats().get("frames_out", 0)))
     peer.ping(1)
@@ -619,12 +609,12 @@ def test_recorder_sorts_events_by_kind() -> None:
 
 
 def test_log_to_writes_each_event_to_tcpstack_trace(
-    make: Make, caplog: pytest.LogCaptureFixture
+    make_recorded_pair: MakeRecordedPair, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stack, peer, _ = make()
+    stack, peer, _ = make_recorded_pair()
     stack.subscribe(log_to())
     with caplog.at_level(logging.DEBUG, logger="tcpstack.trace"):
-        _, syn, _ = connect(stack, peer)
+        _, syn, _ = open_to_peer(stack, peer)
         stack.sync()
     lines = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
     where = f"{syn.src_port}<>{PEER_IP}:{PEER_PORT}"
@@ -640,9 +630,9 @@ def test_log_to_writes_each_event_to_tcpstack_trace(
 
 
 def test_log_to_uses_the_given_logger_and_level(
-    make: Make, caplog: pytest.LogCaptureFixture
+    make_recorded_pair: MakeRecordedPair, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stack, peer, _ = make()
+    stack, peer, _ = make_recorded_pair()
     stack.subscribe(log_to(logging.getLogger("test.trace"), logging.WARNING))
     with caplog.at_level(logging.WARNING, logger="test.trace"):
         peer.ping(1)
@@ -654,9 +644,9 @@ def test_log_to_uses_the_given_logger_and_level(
 
 
 def test_log_to_is_silent_below_the_loggers_level(
-    make: Make, caplog: pytest.LogCaptureFixture
+    make_recorded_pair: MakeRecordedPair, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stack, peer, _ = make()
+    stack, peer, _ = make_recorded_pair()
     stack.subscribe(log_to())  # DEBUG, into a logger that only takes INFO
     with caplog.at_level(logging.INFO, logger="tcpstack.trace"):
         peer.ping(1)
@@ -669,7 +659,7 @@ def test_log_to_is_silent_below_the_loggers_level(
 
 def converse(stack: Stack, peer: Peer) -> None:
     """A connection, a ping and a close: every kind of event but retransmissions."""
-    sock, syn, _ = connect(stack, peer)
+    sock, syn, _ = open_to_peer(stack, peer)
     peer.ping(1)
     sock.close()
     fin = tcp_where(peer, lambda s: s.fin, "our FIN")
@@ -678,8 +668,10 @@ def converse(stack: Stack, peer: Peer) -> None:
     stack.sync()
 
 
-def test_json_lines_to_a_path_writes_one_object_per_event(make: Make, tmp_path: Path) -> None:
-    stack, peer, recorder = make()
+def test_json_lines_to_a_path_writes_one_object_per_event(
+    make_recorded_pair: MakeRecordedPair, tmp_path: Path
+) -> None:
+    stack, peer, recorder = make_recorded_pair()
     path = tmp_path / "trace.jsonl"
     writer = JsonLines(str(path))
     stack.subscribe(writer)
@@ -695,8 +687,10 @@ def test_json_lines_to_a_path_writes_one_object_per_event(make: Make, tmp_path: 
         writer(recorder.events[0])
 
 
-def test_json_lines_to_a_file_flushes_but_leaves_it_open(make: Make) -> None:
-    stack, peer, _ = make()
+def test_json_lines_to_a_file_flushes_but_leaves_it_open(
+    make_recorded_pair: MakeRecordedPair,
+) -> None:
+    stack, peer, _ = make_recorded_pair()
     buffer = io.StringIO()
     writer = JsonLines(buffer)
     stack.subscribe(writer)
