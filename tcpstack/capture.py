@@ -22,6 +22,8 @@ from tcpstack import netns
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 SO_TIMESTAMPNS = 35
+SO_RCVBUFFORCE = 33
+BUFFER = 64 << 20
 _TIMESPEC = struct.Struct("=qq")
 # A capture ends by itself after this long, should its owner never stop it.
 MAX_SECONDS = 300.0
@@ -56,6 +58,9 @@ class Capture:
             # The kernel's own timestamp of each frame: the capture thread may read it
             # milliseconds later, when the exchange it belongs to is long over.
             self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            # Two kernels exchange a megabyte in a few milliseconds: the queue must
+            # hold a burst while this thread catches up (FORCE: root may exceed rmem_max).
+            self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, BUFFER)
             self._sock.bind((interface, ETH_P_ALL))
             self._sock.setblocking(False)
         except BaseException:

@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--absolute", action="store_true", help="print absolute seq/ack and timestamps too"
     )
 
+    sub.add_parser(
+        "bench",
+        help="benchmark against the kernel on this machine (see tcpstack bench --help)",
+        add_help=False,
+    )
     ss = sub.add_parser(
         "ss", help="list the running stacks' sockets with state and counters, like ss -tni"
     )
@@ -130,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["bench"]:
+        from tcpstack import bench  # its own options, parsed there
+
+        return bench.main(arguments[1:])
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=level, format="%(relativeCreated)9.3f %(name)s %(message)s")

@@ -202,8 +202,10 @@ def run_ours(
     timeout: float = 120.0,
     label: str = "tcpstack",
     progress: Callable[[int, int], None] | None = None,
+    on_stack: Callable[[Stack], None] | None = None,
 ) -> TransferResult:
-    """The endpoint connects to a kernel server in the lab and data moves both ways."""
+    """The endpoint connects to a kernel server in the lab and data moves both ways.
+    `on_stack` may set up the stack (hooks, subscribers) before the connection."""
     up, down = _payloads(size, directions)
     before = lab.peer_nstat()
     with Stack(
@@ -213,6 +215,8 @@ def run_ours(
         config=config,
         impairment=impairment,
     ) as stack:
+        if on_stack is not None:
+            on_stack(stack)
         sock = stack.socket()
         elapsed, problems = exchange(
             lab,
