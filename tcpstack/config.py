@@ -16,6 +16,11 @@ class TcpConfig:
     mss: int = 1460
     """MSS we announce: the link MTU (1500) minus 40 bytes of IPv4 and TCP headers."""
 
+    tso_max: int | None = None
+    """Segmentation offload, like Linux's TSO: the most payload the sender puts in
+    one segment, in whole MSS, for the link to cut into MSS-sized ones. None takes
+    the link's GSO limit when the stack opens it; 0 sends one MSS per segment."""
+
     default_peer_mss: int = 536
     """Send MSS assumed when the peer's SYN carries no MSS option (RFC 9293 §3.7.1, MUST-15)."""
 

@@ -143,7 +143,8 @@ class Engine:
         self.flows: dict[FlowKey, Flow] = {}
         self.listeners: dict[int, Listener] = {}
         self.bound_ports: set[int] = set()
-        self.arp: ArpCache[tuple[bytes, TraceRecord | None]] = ArpCache(
+        # Held until ARP answers: the frame, its trace record and its GSO size.
+        self.arp: ArpCache[tuple[bytes, TraceRecord | None, int]] = ArpCache(
             max_pending=self.limits.max_arp_pending
         )
         self.observers: list[Observer] = []
@@ -302,9 +303,9 @@ class Engine:
         # RFC 826 merge: refresh a sender we already know; learn it if it asks us.
         if arp.target_ip == self.ip or self.arp.knows(arp.sender_ip):
             if arp.sender_ip != "0.0.0.0" and ipaddress.IPv4Address(arp.sender_ip) in self.network:
-                for held, record in self.arp.learn(arp.sender_ip, arp.sender_mac, now):
+                for held, record, gso_size in self.arp.learn(arp.sender_ip, arp.sender_mac, now):
                     frame = arp.sender_mac + held[6:]
-                    lost = self._transmit(frame)
+                    lost = self._transmit(frame, gso_size)
                     if record is not None:
                         self._notify(
                             replace(record, time=now, frame=frame, note=lost or record.note)
@@ -345,18 +346,19 @@ class Engine:
         build: Callable[[bytes], bytes],
         now: float,
         record: TraceRecord | None = None,
+        gso_size: int = 0,
     ) -> None:
         mac = self.arp.lookup(remote_ip, now)
         if mac is not None:
             frame = build(mac)
-            lost = self._transmit(frame)
+            lost = self._transmit(frame, gso_size)
             if record is not None:
                 self._notify(replace(record, frame=frame, note=lost or record.note))
             return
         # Unresolved: build with a placeholder destination, patched on resolution;
         # observers hear of the segment when it really leaves.
         frame = build(b"\0" * 6)
-        if self.arp.enqueue(remote_ip, (frame, record), now):
+        if self.arp.enqueue(remote_ip, (frame, record, gso_size), now):
             self._arp_request(remote_ip)
 
     def _arp_request(self, ip: str) -> None:
@@ -375,10 +377,13 @@ class Engine:
         if self.observers:
             self._notify(FrameEvent(self.clock(), "out", frame, lost or note))
 
-    def _transmit(self, frame: bytes) -> str:
+    def _transmit(self, frame: bytes, gso_size: int = 0) -> str:
         """Send a frame; "" if it went, else why it did not (a trace note)."""
         try:
-            self.link.send(frame)
+            if gso_size:
+                self.link.send(frame, gso_size)
+            else:
+                self.link.send(frame)
         except (BlockingIOError, InterruptedError):
             # The link's queue is full: a lost frame, which TCP recovers.
             self.stats["drop_tx_queue_full"] += 1
@@ -837,18 +842,27 @@ class Engine:
                     if record is not None:
                         record = replace(record, segment=segment, note=f"rewritten by hook{name}")
         ip_id = next(self._ip_id) & 0xFFFF
+        # With an offloading link the kernel checksums data segments, and cuts those
+        # longer than one MSS (our TSO) into MSS-sized ones.
+        gso_size = 0
+        if self.link.gso_max and segment.payload and conn is not None:
+            gso_size = conn.send_mss - segment.options.encoded_length()
+            if len(segment.payload) > gso_size:
+                self.stats["gso_frames_out"] += 1
 
         def build(dst_mac: bytes) -> bytes:
-            return wire.encode_tcp(self.mac, dst_mac, self.ip, remote_ip, segment, ip_id=ip_id)
+            return wire.encode_tcp(
+                self.mac, dst_mac, self.ip, remote_ip, segment, ip_id=ip_id,
+                partial_checksum=bool(gso_size),
+            )  # fmt: skip
 
         self.stats["tcp_out"] += 1
-        self._send_ip(remote_ip, build, now, record)
+        self._send_ip(remote_ip, build, now, record, gso_size)
         if copy_note:
             # The very same frame again, IP ID included, as a duplicating network sends it.
             self.stats["tcp_out"] += 1
-            self._send_ip(
-                remote_ip, build, now, replace(record, note=copy_note) if record else None
-            )
+            copy = replace(record, note=copy_note) if record else None
+            self._send_ip(remote_ip, build, now, copy, gso_size)
 
     def _observe(
         self, direction: str, flow: Flow, seg: Segment, now: float, frame: bytes = b""
@@ -997,9 +1011,11 @@ class Engine:
         return rows
 
 
-def with_link_mss(config: TcpConfig, mtu: int) -> TcpConfig:
-    """Our announced MSS follows the link MTU (RFC 9293 §3.7.1: MTU minus 40)."""
-    return replace(config, mss=min(config.mss, mtu - 40))
+def with_link_mss(config: TcpConfig, mtu: int, gso_max: int = 0) -> TcpConfig:
+    """Our announced MSS follows the link MTU (RFC 9293 §3.7.1: MTU minus 40), and the
+    sender's segmentation offload the link's GSO limit (unless configured off)."""
+    tso = gso_max if config.tso_max is None else min(config.tso_max, gso_max)
+    return replace(config, mss=min(config.mss, mtu - 40), tso_max=tso)
 
 
 class _OnLink:

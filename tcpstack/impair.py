@@ -414,6 +414,9 @@ class ImpairedLink:
         self._out = _Pipe(
             impairment.outbound, random.Random(f"tcpstack.impair:{seed}:out"), "out_", self.stats
         )
+        # Outbound impairment acts per frame, so the sender must not hand over 64 KiB
+        # GSO frames that stand for dozens of segments: offload only if it is idle.
+        self.gso_max = link.gso_max if self._out.identity else 0
         self._ready: collections.deque[tuple[float, bytes, bool]] = collections.deque()
         # The engine sends from application threads and receives on its own.
         self._lock = threading.RLock()
@@ -440,10 +443,10 @@ class ImpairedLink:
             self.stats["in_passed"] += len(batch)
             return batch
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, gso_size: int = 0) -> None:
         with self._lock:
             if self._out.identity:
-                self.inner.send(frame)
+                self.inner.send(frame, gso_size)
                 self.stats["out_passed"] += 1
                 return
             now = self._clock()

@@ -16,8 +16,14 @@ created inside a lab namespace (scapy resolves interface names against the root
 namespace's cache) and it needs each frame's PACKET_AUXDATA status and packet type,
 which scapy's receive path drops. Scapy stays the tool for building and parsing frames.
 
-Limits: no VLAN handling (a tag the kernel stripped into auxdata is not restored), no
-IFF_VNET_HDR on TAP, Linux only.
+Offloads both ways: PacketLink sets PACKET_VNET_HDR and TapLink IFF_VNET_HDR with
+TUNSETOFFLOAD, so that every frame carries a virtio_net_hdr. Received, it says whether
+the checksum is already good or only partial; sent, it lets a TCP frame of up to 64
+KiB go as one GSO frame (`send(frame, gso_size=mss)`) that the kernel cuts into MSS
+segments and checksums, which is what the sender's TSO uses (`gso_max` > 0).
+
+Limits: no VLAN handling (a tag the kernel stripped into auxdata is not restored),
+IPv4 only, Linux only.
 """
 
 from __future__ import annotations
@@ -45,6 +51,24 @@ TP_STATUS_CSUM_VALID = 0x80
 _AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
 _PACKET_MREQ = struct.Struct("=iHH8s")  # struct packet_mreq
 
+PACKET_VNET_HDR = 15
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+# struct virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+# (little-endian: the legacy layout packet sockets and TAPs use on x86 and arm64).
+VNET_HDR = struct.Struct("<BBHHHH")
+VNET_NEEDS_CSUM = 0x01
+VNET_DATA_VALID = 0x02
+VNET_GSO_NONE = 0
+VNET_GSO_TCPV4 = 1
+# The largest TCP payload one GSO frame may carry: a 65535-byte IPv4 packet less
+# 20 bytes of IP, 60 of TCP header at most; the sender rounds it down to whole MSS.
+GSO_MAX = 65535 - 20 - 60
+_TCP_CSUM_START = 14 + 20  # Ethernet and an option-less IPv4 header
+_TCP_CSUM_OFFSET = 16
+
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 SIOCGIFMTU = 0x8921
@@ -65,6 +89,7 @@ class Link(Protocol):
     name: str
     mtu: int
     kind: str  # "packet", "tap", or "memory" for MemoryLink
+    gso_max: int  # TCP payload bytes one send(frame, gso_size) may carry; 0: no offload
 
     def fileno(self) -> int: ...
 
@@ -72,7 +97,11 @@ class Link(Protocol):
         """Frames available now, each with checksum_trusted; never blocks."""
         ...
 
-    def send(self, frame: bytes) -> None: ...
+    def send(self, frame: bytes, gso_size: int = 0) -> None:
+        """Send one frame. gso_size > 0 (only where gso_max > 0): an IPv4/TCP frame
+        with a partial checksum (wire.encode_tcp(partial_checksum=True)) that the
+        kernel completes and, if its payload exceeds gso_size, cuts into segments."""
+        ...
 
     def close(self) -> None: ...
 
@@ -96,6 +125,21 @@ def _set_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
+def _vnet_header(frame: bytes, gso_size: int) -> bytes:
+    if not gso_size:
+        return bytes(VNET_HDR.size)  # a finished frame: nothing for the kernel to do
+    header_len = _TCP_CSUM_START + (frame[_TCP_CSUM_START + 12] >> 4) * 4
+    gso_type = VNET_GSO_TCPV4 if len(frame) - header_len > gso_size else VNET_GSO_NONE
+    return VNET_HDR.pack(
+        VNET_NEEDS_CSUM, gso_type, header_len, gso_size, _TCP_CSUM_START, _TCP_CSUM_OFFSET
+    )
+
+
+def _vnet_trusted(header: bytes | memoryview) -> bool:
+    """The kernel checked the checksum, or will fill it in (a local sender's frame)."""
+    return bool(header[0] & (VNET_NEEDS_CSUM | VNET_DATA_VALID))
+
+
 def detect_kind(interface: str, netns: str | None = None) -> str:
     """ "tap" if INTERFACE is a TUN/TAP device, else "packet" (any Ethernet device)."""
     with _netns.enter(netns) if netns else contextlib.nullcontext(), IPRoute() as ipr:
@@ -105,18 +149,21 @@ def detect_kind(interface: str, netns: str | None = None) -> str:
 
 
 class PacketLink:
-    """An AF_PACKET raw socket bound to one interface, promiscuous, with auxdata."""
+    """An AF_PACKET raw socket bound to one interface, promiscuous, with virtio-net
+    headers (offload=True, the default) or auxdata for the checksum status."""
 
     kind = "packet"
 
-    def __init__(self, interface: str, netns: str | None = None) -> None:
+    def __init__(self, interface: str, netns: str | None = None, offload: bool = True) -> None:
         self.name = interface
         self.netns = netns
+        self.offload = offload
+        self.gso_max = GSO_MAX if offload else 0
         if netns is None:
-            self._sock = self._open(interface)
+            self._sock = self._open(interface, offload)
         else:
             with _netns.enter(netns):
-                self._sock = self._open(interface)
+                self._sock = self._open(interface, offload)
         self.mtu = _interface_mtu(self._sock, interface)
         self._buffer = bytearray(RECV_BUFFER)
         self._view = memoryview(self._buffer)
@@ -124,13 +171,16 @@ class PacketLink:
         self.truncated = 0  # frames larger than the buffer, dropped; should stay 0
 
     @staticmethod
-    def _open(interface: str) -> socket.socket:
+    def _open(interface: str, offload: bool) -> socket.socket:
         index = socket.if_nametoindex(interface)
         # Protocol 0 receives nothing until bind, so no other interface's frames
         # slip in between socket() and bind().
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
-            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            if offload:
+                sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            else:
+                sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
             mreq = _PACKET_MREQ.pack(index, PACKET_MR_PROMISC, 0, b"")
             sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
             _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, SOCKET_BUFFER)
@@ -159,16 +209,25 @@ class PacketLink:
             if flags & socket.MSG_TRUNC:
                 self.truncated += 1
                 continue
-            trusted = False
-            for level, kind, data in ancdata:
-                if level == SOL_PACKET and kind == PACKET_AUXDATA:
-                    status = _AUXDATA.unpack_from(data)[0]
-                    trusted = bool(status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID))
-            frames.append((bytes(self._view[:size]), trusted))
+            if self.offload:
+                skip = VNET_HDR.size
+                trusted = _vnet_trusted(self._view[:skip])
+            else:
+                skip = 0
+                trusted = False
+                for level, kind, data in ancdata:
+                    if level == SOL_PACKET and kind == PACKET_AUXDATA:
+                        status = _AUXDATA.unpack_from(data)[0]
+                        trusted = bool(status & (TP_STATUS_CSUMNOTREADY | TP_STATUS_CSUM_VALID))
+            frames.append((bytes(self._view[skip:size]), trusted))
         return frames
 
-    def send(self, frame: bytes) -> None:
-        sent = self._sock.send(frame)
+    def send(self, frame: bytes, gso_size: int = 0) -> None:
+        if self.offload:
+            header = _vnet_header(frame, gso_size)
+            sent = self._sock.sendmsg([header, frame]) - len(header)
+        else:
+            sent = self._sock.send(frame)
         if sent != len(frame):
             raise OSError(errno.EMSGSIZE, f"short send on {self.name}: {sent}/{len(frame)}")
 
@@ -190,9 +249,13 @@ class TapLink:
 
     kind = "tap"
 
-    def __init__(self, name: str, netns: str | None = None, create: bool = False) -> None:
+    def __init__(
+        self, name: str, netns: str | None = None, create: bool = False, offload: bool = True
+    ) -> None:
         self.name = name
         self.netns = netns
+        self.offload = offload
+        self.gso_max = GSO_MAX if offload else 0
         self._fd = -1
         if netns is None:
             self._open(create)
@@ -208,7 +271,13 @@ class TapLink:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             flags = IFF_TAP | IFF_NO_PI | (IFF_TUN_EXCL if create else 0)
+            if self.offload:
+                flags |= IFF_VNET_HDR
             fcntl.ioctl(fd, TUNSETIFF, _ifreq(self.name, struct.pack("H", flags)))
+            if self.offload:
+                # The kernel may now hand us checksum-partial and 64 KiB GSO frames
+                # and takes ours, as it does with a virtio NIC.
+                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ctl:
                 self.mtu = _interface_mtu(ctl, self.name)
                 if create:
@@ -220,9 +289,9 @@ class TapLink:
             os.close(fd)
             raise
         self._fd = fd
-        # A TAP read returns exactly one frame; room for the MTU plus headers is
-        # enough, the rest guards against an MTU raised after opening.
-        self._read_size = max(self.mtu + 64, 65536)
+        # A TAP read returns exactly one frame: with offloads a GSO frame of up to
+        # 64 KiB behind its virtio-net header.
+        self._read_size = max(self.mtu + 64, 65536 + 14 + VNET_HDR.size)
 
     def fileno(self) -> int:
         return self._fd
@@ -234,11 +303,18 @@ class TapLink:
                 frame = os.read(self._fd, self._read_size)
             except BlockingIOError:
                 break
-            frames.append((frame, False))
+            if self.offload:
+                frames.append((frame[VNET_HDR.size :], _vnet_trusted(frame)))
+            else:
+                frames.append((frame, False))
         return frames
 
-    def send(self, frame: bytes) -> None:
-        sent = os.write(self._fd, frame)
+    def send(self, frame: bytes, gso_size: int = 0) -> None:
+        if self.offload:
+            header = _vnet_header(frame, gso_size)
+            sent = os.writev(self._fd, [header, frame]) - len(header)
+        else:
+            sent = os.write(self._fd, frame)
         if sent != len(frame):
             raise OSError(errno.EMSGSIZE, f"short write on {self.name}: {sent}/{len(frame)}")
 
@@ -259,6 +335,7 @@ class MemoryLink:
     frame boundaries and gives a real descriptor to select on."""
 
     kind = "memory"
+    gso_max = 0
 
     def __init__(self, sock: socket.socket, name: str, mtu: int) -> None:
         self._sock = sock
@@ -290,7 +367,7 @@ class MemoryLink:
             frames.append((frame, False))
         return frames
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, gso_size: int = 0) -> None:
         self._sock.send(frame)
 
     def close(self) -> None:

@@ -123,7 +123,7 @@ class Stack:
             opened,
             address=address,
             mac=self.mac,
-            config=with_link_mss(config or TcpConfig(), opened.mtu),
+            config=with_link_mss(config or TcpConfig(), opened.mtu, opened.gso_max),
             limits=limits,
             isn=isn,
         )

@@ -427,8 +427,13 @@ def encode_tcp(
     *,
     ttl: int = 64,
     ip_id: int = 0,
+    partial_checksum: bool = False,
 ) -> bytes:
     """A complete Ethernet/IPv4/TCP frame for ``segment``, DF set as Linux sets it.
+
+    partial_checksum=True leaves the TCP checksum to the device, as checksum offload
+    does: the field holds only the folded pseudo-header sum, uncomplemented, and the
+    payload is never summed (see link.PacketLink's GSO send).
 
     Raises ValueError for MACs that are not 6 bytes, options that need more than 40
     bytes or a frame longer than the IPv4 total length allows.
@@ -460,14 +465,17 @@ def encode_tcp(
     dport = segment.dst_port
     window = segment.window
     urgent = segment.urgent
-    # Header words summed arithmetically: a 32-bit field is congruent to the sum of its
-    # two halves modulo 0xFFFF, so seq and ack go in whole.
-    n = int.from_bytes(body, "big")
-    if len(body) & 1:
-        n <<= 8
-    n += sport + dport + seq + ack + (doff << 8) + flags + window + urgent  # TCP header
-    n += addr_sum + PROTO_TCP + tcp_len  # pseudo-header
-    tcp_csum = _fold_complement(n)
+    if partial_checksum:
+        tcp_csum = 0xFFFF - _fold_complement(addr_sum + PROTO_TCP + tcp_len)
+    else:
+        # Header words summed arithmetically: a 32-bit field is congruent to the sum
+        # of its two halves modulo 0xFFFF, so seq and ack go in whole.
+        n = int.from_bytes(body, "big")
+        if len(body) & 1:
+            n <<= 8
+        n += sport + dport + seq + ack + (doff << 8) + flags + window + urgent  # header
+        n += addr_sum + PROTO_TCP + tcp_len  # pseudo-header
+        tcp_csum = _fold_complement(n)
     header = _ETH_IP_TCP.pack(
         dst_mac,
         src_mac,

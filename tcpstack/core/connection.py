@@ -1364,6 +1364,10 @@ class TcpConnection:
             if lost is not None:
                 if budget <= 0 and not self._force_rtx:
                     break
+                # A lost offload segment goes again only as far as cwnd allows.
+                room = max(budget - budget % mss, mss)
+                if lost.length - lost.fin > room:
+                    self._rtxq.split(lost, seq.add(lost.start, room))
                 self._retransmit(out, lost, now, "timeout" if self.recovery == "loss" else "fast")
                 continue
             if not self._send_new(out, mss, budget, now):
@@ -1418,6 +1422,10 @@ class TcpConnection:
         tail = self._rtxq.tail
         if tail is None:
             return
+        data = tail.length - tail.fin
+        if data > mss:
+            # Probe with the last MSS only, not a whole offload segment (as Linux does).
+            tail = self._rtxq.split(tail, seq.add(tail.start, data - mss))
         self._retransmit(out, tail, now, "tail_probe")
         self.stats["retransmissions_by_tlp"] += 1
         self._rto_at = now + self.rtt.rto
@@ -1454,6 +1462,14 @@ class TcpConnection:
             elif not (self.nodelay or nothing_in_flight or self._fin_queued):
                 # Nagle (§3.7.4): one small segment in flight at a time.
                 return False
+        tso = self.config.tso_max or 0
+        if n == mss and tso > mss:
+            # Segmentation offload: one segment of as many whole MSS as the window,
+            # cwnd and the link allow, which the link cuts up (Linux's TSO). Only the
+            # end of the data may leave a partial MSS at its tail.
+            n = min(available, usable, tso - tso % mss, max(budget, mss))
+            if n < available:
+                n = max(n - n % mss, mss)
         fin = self._fin_queued and n == available
         self._send_data(out, offset, n, fin=fin, now=now)
         return not fin

@@ -114,20 +114,51 @@ class RetransmitQueue:
             self._head = 0
         return delivered
 
+    def split(self, record: Sent, at: int) -> Sent:
+        """Cut a record in two at sequence `at` (inside it); return the second part.
+
+        An offload (TSO) segment covers many MSS, and the peer may SACK, or we may
+        resend, only part of it: as Linux's tcp_fragment does, the record becomes
+        two, each with the first's marks and transmission time."""
+        if not (seq.lt(record.start, at) and seq.lt(at, record.end)):
+            raise ValueError(f"cannot split {record!r} at {at}")
+        second = Sent(at, record.end, record.fin, record.xmit_time)
+        second.retransmitted = record.retransmitted
+        second.sacked = record.sacked
+        second.lost = record.lost
+        record.end = at
+        record.fin = False
+        index = self._records.index(record, self._head)
+        self._records.insert(index + 1, second)
+        if not record.sacked:
+            # Rare (a partial SACK or resend); the order of the dict is the sequence.
+            self._unsacked = {id(r): r for r in self._records[self._head :] if not r.sacked}
+        return second
+
     def sack(self, una: int, blocks: Iterable[tuple[int, int]]) -> list[Sent]:
-        """Mark records wholly inside a SACK block; return those newly delivered."""
+        """Mark records inside a SACK block, splitting those it covers only in part;
+        return those newly delivered."""
         delivered: list[Sent] = []
         records = self._records
         for left, right in blocks:
             if not seq.lt(left, right) or seq.le(right, una):
                 continue
+            if seq.lt(left, una):
+                left = una  # the part below SND.UNA is acknowledged already
             key = seq.sub(left, una)
             i = bisect.bisect_left(records, key, lo=self._head, key=lambda r: seq.sub(r.start, una))
+            before = records[i - 1] if i > self._head else None
+            if before is not None and not before.sacked and seq.lt(left, before.end):
+                self.split(before, left)  # the block starts inside it: its tail is at i
             while i < len(records):
                 record = records[i]
                 i += 1
-                if seq.gt(record.end, right):
+                if seq.ge(record.start, right):
                     break
+                if seq.gt(record.end, right):
+                    if record.sacked:
+                        break
+                    self.split(record, right)
                 if record.sacked:
                     continue
                 if record.lost:

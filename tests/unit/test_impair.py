@@ -26,6 +26,7 @@ class StubLink:
     name = "stub"
     mtu = 1500
     kind = "memory"
+    gso_max = 0
 
     def __init__(self) -> None:
         self.inbound: collections.deque[tuple[bytes, bool]] = collections.deque()
@@ -40,7 +41,7 @@ class StubLink:
             out.append(self.inbound.popleft())
         return out
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, gso_size: int = 0) -> None:
         self.sent.append(frame)
 
     def close(self) -> None:
