@@ -12,6 +12,7 @@ the way `ss -tni` does.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import json
 import os
@@ -49,8 +50,6 @@ class ControlServer:
             self._sock.bind(str(self.path))
             os.chmod(self.path, 0o600)
             self._sock.listen(8)
-            # A timeout, not a blocking accept: the thread checks for close() in between.
-            self._sock.settimeout(0.5)
         except BaseException:
             self._sock.close()
             raise
@@ -60,6 +59,9 @@ class ControlServer:
 
     def close(self) -> None:
         self._stop.set()
+        # Wakes the thread's blocking accept (with EINVAL): no polling timeout needed.
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(TIMEOUT)
         self._sock.close()
         with contextlib.suppress(FileNotFoundError):
@@ -69,10 +71,10 @@ class ControlServer:
         while not self._stop.is_set():
             try:
                 client, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return  # closed under us
+            except OSError as exc:
+                if self._stop.is_set() or exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
+                    return  # close() shut the socket down, or it is gone
+                continue  # a client that gave up before we accepted it
             with client:
                 client.settimeout(TIMEOUT)
                 try:

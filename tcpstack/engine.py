@@ -13,6 +13,7 @@ same lock, which the engine notifies after each input that touched the connectio
 
 from __future__ import annotations
 
+import _thread
 import errno
 import heapq
 import ipaddress
@@ -136,7 +137,11 @@ class Engine:
         self.clock = clock
         self.isn: IsnFunction = isn or Rfc6528Isn()
         # Reentrant so an observer may read the stack (stats, connections) from its callback.
-        self.lock = threading.RLock()
+        self.lock = _EngineLock()
+        self.lock.on_free = self._drain_tx
+        # Frames made while the lock is held, sent in order once it is free (see _transmit).
+        self._txq: deque[tuple[bytes, int]] = deque()
+        self._tx_lock = threading.Lock()
         self._input_note = ""  # for the trace: what a hook did to the segment being input
         self.stats: Counter[str] = Counter()
         self.ended_stats: Counter[str] = Counter()  # counters of connections now gone
@@ -378,7 +383,35 @@ class Engine:
             self._notify(FrameEvent(self.clock(), "out", frame, lost or note))
 
     def _transmit(self, frame: bytes, gso_size: int = 0) -> str:
-        """Send a frame; "" if it went, else why it did not (a trace note)."""
+        """Send a frame; "" if it went (or was queued), else why it did not (a trace note).
+
+        A send on veth or TAP runs the kernel peer's receive path, and often its
+        sender, inside the syscall: tens of microseconds. Made under the engine lock
+        it kept the application (or the engine thread) waiting for that lock, so the
+        frame is queued and sent when the lock is released (_drain_tx), in order.
+        A trace wants each frame's fate at once, so with observers it goes now."""
+        if self.observers and not self._txq:
+            return self._send_frame(frame, gso_size)
+        self._txq.append((frame, gso_size))
+        if not self.lock._is_owned():
+            self._drain_tx()
+        return ""
+
+    def _drain_tx(self) -> None:
+        """Send the queued frames, in order, from whichever thread gets here first;
+        a thread that finds another sending leaves its frames to that one, which
+        looks at the queue again after letting go."""
+        queue = self._txq
+        while queue:
+            if not self._tx_lock.acquire(blocking=False):
+                return
+            try:
+                while queue:
+                    self._send_frame(*queue.popleft())
+            finally:
+                self._tx_lock.release()
+
+    def _send_frame(self, frame: bytes, gso_size: int) -> str:
         try:
             if gso_size:
                 self.link.send(frame, gso_size)
@@ -1016,6 +1049,27 @@ def with_link_mss(config: TcpConfig, mtu: int, gso_max: int = 0) -> TcpConfig:
     sender's segmentation offload the link's GSO limit (unless configured off)."""
     tso = gso_max if config.tso_max is None else min(config.tso_max, gso_max)
     return replace(config, mss=min(config.mss, mtu - 40), tso_max=tso)
+
+
+class _EngineLock(_thread.RLock):  # type: ignore[misc]
+    """The engine's reentrant lock, which sends the queued frames when it is let go
+    by the last level of its holder, also when a Condition waits on it."""
+
+    on_free: Callable[[], None]
+    _is_owned: Callable[[], bool]  # the C RLock's, which typeshed does not declare
+
+    def release(self) -> None:
+        super().release()
+        if not self._is_owned():
+            self.on_free()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _release_save(self) -> object:
+        state = super()._release_save()  # type: ignore[misc]
+        self.on_free()
+        return state
 
 
 class _OnLink:

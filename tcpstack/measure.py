@@ -58,6 +58,7 @@ def measure(connections: int = 200) -> MemoryReport:
             def feed(segment: Segment) -> None:
                 frame = wire.encode_tcp(_PEER_MAC, _OUR_MAC, _PEER_IP, _OUR_IP, segment)
                 engine._on_frame(frame, False, now)
+                engine._drain_tx()  # the lock stays held here, so send the replies now
                 theirs.recv_batch(64)  # keep the link's queue from filling
 
             def used() -> int:

@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from tcpstack.config import TcpConfig
 from tcpstack.core import congestion, seq
+from tcpstack.core.bytequeue import ByteQueue
 from tcpstack.core.events import (
     ConnectionClosed,
     ConnectionEstablished,
@@ -210,7 +211,7 @@ class TcpConnection:
         # Receive sequence space.
         self.irs = 0
         self.rcv_nxt = 0
-        self._rcv_buf = bytearray()
+        self._rcv_buf = ByteQueue()
         self._ooo = Reassembler()
         self._fin_received = False
         self._rcv_adv_edge = 0  # right edge (RCV.NXT + RCV.WND) we last advertised
@@ -418,8 +419,7 @@ class TcpConnection:
         n = min(max_bytes, len(self._rcv_buf))
         if n <= 0:
             return b""
-        data = bytes(self._rcv_buf[:n])
-        del self._rcv_buf[:n]
+        data = self._rcv_buf.take(n)
         self._window_opened()
         return data
 
@@ -427,8 +427,7 @@ class TcpConnection:
         n = min(len(buffer), len(self._rcv_buf))
         if n <= 0:
             return 0
-        buffer[:n] = self._rcv_buf[:n]
-        del self._rcv_buf[:n]
+        self._rcv_buf.take_into(buffer[:n])
         self._window_opened()
         return n
 
@@ -1164,7 +1163,7 @@ class TcpConnection:
                 self._ack_due = True
             return
         if payload:
-            self._rcv_buf += payload
+            self._rcv_buf.append(payload)
             self.rcv_nxt = seq.add(self.rcv_nxt, len(payload))
             self.stats["bytes_received"] += len(payload)
             filled = False
@@ -1172,7 +1171,7 @@ class TcpConnection:
             if self._ooo:
                 ready = self._ooo.pop_ready(self.rcv_nxt)
                 if ready:
-                    self._rcv_buf += ready
+                    self._rcv_buf.append(ready)
                     self.rcv_nxt = seq.add(self.rcv_nxt, len(ready))
                     self.stats["bytes_received"] += len(ready)
                     filled = True

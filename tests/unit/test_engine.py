@@ -272,3 +272,19 @@ def test_reading_sends_no_useless_window_update_without_window_scaling(
 
     peer.receive(until_reply, "echo reply")
     assert [(seg.ack, seg.window) for seg in sent] == [(7003, 65535)]
+
+
+def test_frames_made_under_the_lock_leave_in_order_once_it_is_free(
+    pair: tuple[Stack, Peer],
+) -> None:
+    # Sends are queued while the engine lock is held (a send on veth runs the kernel
+    # peer's receive path) and go out, in order, when the last holder lets go.
+    stack, peer = pair
+    sock, syn, _ = open_to_peer(stack, peer)
+    handshake_ack = peer.tcp()
+    with stack._engine.lock:
+        sock.sendall(b"x" * 4200)
+        assert peer.link.recv_batch() == []
+    sent = [peer.tcp() for _ in range(3)]
+    assert [s.seq - handshake_ack.seq for s in sent] == [0, 1400, 2800]
+    assert b"".join(s.payload for s in sent) == b"x" * 4200
