@@ -1581,7 +1581,8 @@ class TcpConnection:
         old = self.state
         if old is new:
             return
-        reason = cause.describe() if isinstance(cause, Segment) else cause
-        self._log.debug("%s -> %s (%s)", old.name, new.name, reason)
         self.state = new
-        self._events.append(StateChanged(old, new, reason))
+        event = StateChanged(old, new, cause)
+        self._events.append(event)
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug("%s -> %s (%s)", old.name, new.name, event.cause)
