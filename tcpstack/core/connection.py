@@ -1071,6 +1071,7 @@ class TcpConnection:
             self.stats["spurious_recoveries_undone"] += 1
             self.cc.undo()
             self._rack.reo_wnd_mult = min(self._rack.reo_wnd_mult + 1, 16)
+            self._rack.reordering_seen = True
             self.recovery = "open"
             self._retrans_stamp = None
             self._reno_sacked = 0
@@ -1109,7 +1110,12 @@ class TcpConnection:
             return
         lost: list[Sent] = []
         if self.sack_ok:
-            lost, self._reorder_at = self._rack.detect(self._rtxq, now, self.rtt.srtt)
+            # RFC 8985 §6.2 step 4: no reordering window in recovery or once
+            # DupThresh segments' worth is SACKed, unless reordering has been seen.
+            hurry = self.recovery != "open" or (
+                self._rtxq.sacked_bytes > (_DUP_THRESH - 1) * self.send_mss
+            )
+            lost, self._reorder_at = self._rack.detect(self._rtxq, now, self.rtt.srtt, hurry)
         elif self._dupacks >= _DUP_THRESH and self.recovery == "open":
             head = self._rtxq.head
             if head is not None:

@@ -229,7 +229,7 @@ class Rack:
     """RACK (RFC 8985 §6): the most recently sent segment known delivered, the RTT
     seen on it, and the reordering window."""
 
-    __slots__ = ("xmit_time", "end", "rtt", "min_rtt", "reo_wnd_mult", "reordering_seen")
+    __slots__ = ("xmit_time", "end", "rtt", "min_rtt", "reo_wnd_mult", "reordering_seen", "fack")
 
     def __init__(self) -> None:
         self.xmit_time = -1.0
@@ -238,10 +238,16 @@ class Rack:
         self.min_rtt: float | None = None
         self.reo_wnd_mult = 1
         self.reordering_seen = False
+        self.fack: int | None = None  # the highest sequence delivered (RACK.fack)
 
     def update(self, delivered: Iterable[Sent], now: float, rtt_hint: float | None) -> None:
-        """§6.2 step 2: advance with every newly delivered segment."""
+        """§6.2 steps 2 and 3: advance with every newly delivered segment, and note
+        reordering: a segment never sent again delivered below one delivered before."""
         for record in delivered:
+            if self.fack is None or seq.gt(record.end, self.fack):
+                self.fack = record.end
+            elif not record.retransmitted and seq.lt(record.end, self.fack):
+                self.reordering_seen = True
             rtt = now - record.xmit_time
             if record.retransmitted and rtt_hint is not None and rtt < rtt_hint:
                 # The ACK may be for the original transmission, not this one; the
@@ -256,10 +262,11 @@ class Rack:
                 self.end = record.end
                 self.rtt = rtt
 
-    def reorder_window(self, srtt: float | None) -> float:
-        """§6.2 step 4: a quarter of the minimum RTT until reordering is seen, scaled
-        up after spurious retransmissions, and never more than SRTT."""
-        if self.min_rtt is None:
+    def reorder_window(self, srtt: float | None, hurry: bool = False) -> float:
+        """§6.2 step 4: none while no reordering has been seen and the sender is in
+        recovery or DupThresh segments are SACKed (`hurry`); else a quarter of the
+        minimum RTT, scaled up after spurious retransmissions, never more than SRTT."""
+        if self.min_rtt is None or (hurry and not self.reordering_seen):
             return 0.0
         window = self.min_rtt / 4 * self.reo_wnd_mult
         if srtt is not None:
@@ -267,12 +274,12 @@ class Rack:
         return window
 
     def detect(
-        self, queue: RetransmitQueue, now: float, srtt: float | None
+        self, queue: RetransmitQueue, now: float, srtt: float | None, hurry: bool = False
     ) -> tuple[list[Sent], float | None]:
         """§6.2 step 5: mark what is lost; return it and when to look again."""
         if self.xmit_time < 0:
             return [], None
-        reo_wnd = self.reorder_window(srtt)
+        reo_wnd = self.reorder_window(srtt, hurry)
         lost: list[Sent] = []
         timeout: float | None = None
         for record in queue.unsacked():

@@ -82,36 +82,65 @@ def ts_of(d: Driver) -> tuple[int, int]:
 
 def test_sack_above_a_hole_marks_it_lost_after_the_reordering_window() -> None:
     d = sack_conn()
-    segs = sending(d, 4)
+    segs = sending(d, 3)
     start, end = segs[0]
-    # The peer SACKs segments 2-4: RACK waits a reordering window (a quarter of
-    # the minimum RTT) in case segment 1 is only late, then retransmits it.
+    # The peer SACKs segments 2-3, fewer than DupThresh: RACK waits a reordering
+    # window (a quarter of the minimum RTT) in case segment 1 is only late, then
+    # retransmits it.
     d.now += 0.0001
-    d.push(peer(".", R1, start, ts=ts_of(d), sack=((segs[1][0], segs[3][1]),)))
+    assert d.push(peer(".", R1, start, ts=ts_of(d), sack=((segs[1][0], segs[2][1]),))) == []
     timer = d.conn.get_timer()
-    assert timer is not None
+    assert timer is not None and timer - d.now < 0.001
     sent = d.advance(timer)
     assert [s.seq for s in sent] == [start]
     assert d.conn.recovery == "recovery" and d.conn.stats["fast_retransmits"] == 1
     # Its ACK covers everything: recovery is over.
-    d.push(peer(".", R1, segs[3][1], ts=ts_of(d)))
+    d.push(peer(".", R1, segs[2][1], ts=ts_of(d)))
     assert d.conn.recovery == "open" and d.conn.in_flight == 0
+
+
+def test_dupthresh_sacked_segments_retransmit_the_hole_at_once() -> None:
+    # RFC 8985 §6.2 step 4: with no reordering seen, DupThresh segments SACKed above
+    # a hole leave no reordering window (as Linux does).
+    d = sack_conn()
+    segs = sending(d, 4)
+    d.now += 0.0001
+    sent = d.push(peer(".", R1, segs[0][0], ts=ts_of(d), sack=((segs[1][0], segs[3][1]),)))
+    assert [s.seq for s in sent] == [segs[0][0]]
+    assert d.conn.stats["fast_retransmits"] == 1
+
+
+def test_reordering_seen_keeps_the_reordering_window() -> None:
+    d = sack_conn()
+    segs = sending(d, 2)
+    # Segment 2 is SACKed, then segment 1 arrives late: reordering, never resent.
+    d.now += 0.0005
+    d.push(peer(".", R1, segs[0][0], ts=ts_of(d), sack=((segs[1][0], segs[1][1]),)))
+    d.push(peer(".", R1, segs[1][1], ts=ts_of(d)))
+    assert d.conn.stats["fast_retransmits"] == 0
+    segs = sending(d, 5)
+    d.now += 0.0001
+    sent = d.push(peer(".", R1, segs[0][0], ts=ts_of(d), sack=((segs[1][0], segs[4][1]),)))
+    assert sent == []  # DupThresh SACKed, but reordering was seen: wait
+    timer = d.conn.get_timer()
+    assert timer is not None
+    assert [s.seq for s in d.advance(timer)] == [segs[0][0]]
 
 
 def test_rack_detects_a_lost_retransmission_without_an_rto() -> None:
     d = sack_conn()
     segs = sending(d, 6)
     d.now += 0.0001
-    d.push(peer(".", R1, segs[0][0], ts=ts_of(d), sack=((segs[1][0], segs[5][1]),)))
-    d.advance(d.conn.get_timer() or d.now)  # segment 1 retransmitted
+    resent = d.push(peer(".", R1, segs[0][0], ts=ts_of(d), sack=((segs[1][0], segs[5][1]),)))
+    assert [s.seq for s in resent] == [segs[0][0]]  # DupThresh SACKed: at once
     d.conn.send(b"y" * 1448)
     (new,) = d.flush()  # something sent after the retransmission
     # The new segment is SACKed but the retransmission is not: it was lost again,
-    # which RACK sees once a reordering window has passed (dupthresh would not).
+    # which RACK sees by time where counting duplicate ACKs would not.
     d.now += 0.002
-    d.push(peer(".", R1, segs[0][0], ts=ts_of(d), sack=((segs[1][0], seq.add(new.seq, 1448)),)))
-    resent = d.advance(d.conn.get_timer() or d.now)
-    assert [s.seq for s in resent] == [segs[0][0]]
+    sack = ((segs[1][0], seq.add(new.seq, 1448)),)
+    resent = d.push(peer(".", R1, segs[0][0], ts=ts_of(d), sack=sack))
+    assert [s.seq for s in resent] == [segs[0][0]]  # in recovery: no reordering window
     assert d.conn.stats["timeouts"] == 0
 
 
@@ -146,10 +175,10 @@ def test_spurious_fast_retransmit_is_undone_by_timestamps() -> None:
     segs = sending(d, 4)
     before = d.conn.cc.cwnd
     original_ts = (int(d.now * 1000) + 5000) & 0xFFFF_FFFF
-    d.now += 0.0001
-    d.push(peer(".", R1, segs[0][0], ts=ts_of(d), sack=((segs[1][0], segs[3][1]),)))
+    d.now += 0.005  # a later millisecond: TSval tells the transmissions apart
+    resent = d.push(peer(".", R1, segs[0][0], ts=ts_of(d), sack=((segs[1][0], segs[3][1]),)))
+    assert [s.seq for s in resent] == [segs[0][0]]  # segment 1, at once (DupThresh SACKed)
     d.now += 0.01
-    d.advance(d.conn.get_timer() or d.now)  # retransmission of segment 1
     assert d.conn.cc.cwnd < before
     # The original was only reordered: the ACK echoes its (older) timestamp.
     d.push(peer(".", R1, segs[3][1], ts=(PEER_TS + 2, original_ts)))
