@@ -94,6 +94,14 @@ class Flow:
     error: OSError | None = None
     deadline: float | None = None
     timers: dict[str, float] = field(default_factory=dict)  # as last traced
+    # Called with the lock held whenever the connection may have become readable or
+    # writable: a socket's readiness file descriptor (tcpstack.readiness) listens here.
+    watch: Callable[[], None] | None = None
+
+    def changed(self) -> None:
+        self.cond.notify_all()
+        if self.watch is not None:
+            self.watch()
 
 
 @dataclass(eq=False)
@@ -104,11 +112,17 @@ class Listener:
     backlog: int
     cond: threading.Condition
     config: TcpConfig
-    options: dict[tuple[int, int], int | str] = field(default_factory=dict)
+    options: dict[tuple[int, int], int | str | bytes] = field(default_factory=dict)
     half_open: set[Flow] = field(default_factory=set)
     accept_queue: deque[Flow] = field(default_factory=deque)
     closed: bool = False
     cookies_sent_at: float | None = None  # last time the half-open queue overflowed
+    watch: Callable[[], None] | None = None  # as Flow.watch
+
+    def changed(self) -> None:
+        self.cond.notify_all()
+        if self.watch is not None:
+            self.watch()
 
 
 class Engine:
@@ -256,9 +270,9 @@ class Engine:
     def _fail_all(self, error: OSError) -> None:
         for flow in self.flows.values():
             flow.error = flow.error or error
-            flow.cond.notify_all()
+            flow.changed()
         for listener in self.listeners.values():
-            listener.cond.notify_all()
+            listener.changed()
 
     def _receive_frames(self) -> None:
         for _ in range(BATCH_FRAMES // 64):
@@ -428,6 +442,10 @@ class Engine:
             if exc.errno == errno.ENETDOWN:
                 # The interface is down (perhaps for a moment): the frame is lost
                 # and TCP retransmits, as when a kernel's own link goes down.
+                self.stats["drop_tx_link_down"] += 1
+                return "dropped: tx_link_down"
+            if self._stopping:
+                # The goodbye RSTs of stop(), on a link whose other end may be gone.
                 self.stats["drop_tx_link_down"] += 1
                 return "dropped: tx_link_down"
             raise
@@ -742,7 +760,7 @@ class Engine:
                     self._wake()
         if conn.state is State.CLOSED or conn.state is State.LISTEN:
             self._forget(flow)
-        flow.cond.notify_all()
+        flow.changed()
 
     def _trace_fired(self, flow: Flow, now: float) -> None:
         local, remote = (self.ip, flow.conn.local_port), (flow.remote_ip, flow.key[1])
@@ -787,7 +805,7 @@ class Engine:
                 if listener is not None and flow in listener.half_open:
                     listener.half_open.discard(flow)
                     listener.accept_queue.append(flow)
-                    listener.cond.notify_all()
+                    listener.changed()
             case ConnectionRefused():
                 flow.error = flow.error or ConnectionRefusedError(
                     errno.ECONNREFUSED, os.strerror(errno.ECONNREFUSED)
@@ -1027,7 +1045,7 @@ class Engine:
             self.pump(flow, now)
         listener.half_open.clear()
         listener.accept_queue.clear()
-        listener.cond.notify_all()
+        listener.changed()
 
     def connection_table(self) -> list[tuple[tuple[str, int], tuple[str, int], State]]:
         rows: list[tuple[tuple[str, int], tuple[str, int], State]] = [

@@ -13,7 +13,7 @@ from tcpstack.config import TcpConfig
 from tcpstack.core.connection import TcpConnection
 
 Key = tuple[int, int]
-Value = int | str
+Value = int | str | bytes
 
 
 TCP_CONGESTION = getattr(_socket, "TCP_CONGESTION", 13)
@@ -26,7 +26,14 @@ OPTIONS = {
     (_socket.IPPROTO_TCP, TCP_CONGESTION),
     (_socket.SOL_SOCKET, _socket.SO_RCVBUF),
     (_socket.SOL_SOCKET, _socket.SO_SNDBUF),
+    (_socket.SOL_SOCKET, _socket.SO_REUSEADDR),
+    (_socket.SOL_SOCKET, _socket.SO_LINGER),
 }
+# Options of the socket rather than of its connection: the facade acts on them
+# itself (bind conflicts, close) and a connection never sees them.
+SO_REUSEADDR = (_socket.SOL_SOCKET, _socket.SO_REUSEADDR)
+SO_LINGER = (_socket.SOL_SOCKET, _socket.SO_LINGER)
+SOCKET_ONLY: dict[Key, Value] = {SO_REUSEADDR: 0, SO_LINGER: bytes(8)}
 POSITIVE = {
     (_socket.IPPROTO_TCP, _socket.TCP_KEEPIDLE),
     (_socket.IPPROTO_TCP, _socket.TCP_KEEPINTVL),
@@ -80,7 +87,9 @@ def read(
     key: Key,
     options: dict[Key, Value],
     config: TcpConfig,
-) -> int | str:
+) -> Value:
+    if key in SOCKET_ONLY:
+        return options.get(key, SOCKET_ONLY[key])
     if conn is not None:
         live: dict[Key, Value] = {
             (_socket.IPPROTO_TCP, _socket.TCP_NODELAY): int(conn.nodelay),

@@ -13,11 +13,15 @@ whatever order the lock grants, exactly as with a kernel socket.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import errno
+import io
 import ipaddress
 import os
 import random
 import socket as _socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,6 +38,7 @@ from tcpstack.hooks import Hook
 from tcpstack.impair import ImpairedLink, Impairment
 from tcpstack.isn import IsnFunction
 from tcpstack.link import Link, PacketLink, TapLink, detect_kind
+from tcpstack.readiness import ReadinessFd
 from tcpstack.trace import Subscriber
 
 Address = tuple[str, int]
@@ -167,6 +172,96 @@ class Stack:
         """A new TCP socket on this stack (like socket.socket(AF_INET, SOCK_STREAM))."""
         return Socket(self)
 
+    def create_connection(
+        self,
+        address: Address,
+        timeout: float | None | object = _socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+        source_address: Address | None = None,
+        *,
+        all_errors: bool = False,
+    ) -> Socket:
+        """Like socket.create_connection: connect to (host, port), trying each IPv4
+        address the name resolves to, and return the connected Socket. The timeout
+        applies to the connect and stays on the socket; source_address binds first.
+
+        Raises:
+            OSError: the last attempt's error, or an ExceptionGroup of all of them
+                with all_errors=True.
+        """
+        host, port = address
+        errors: list[OSError] = []
+        for ip in _resolve(host, port):
+            sock = self.socket()
+            try:
+                if timeout is not _socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                    sock.settimeout(timeout)  # type: ignore[arg-type]
+                if source_address is not None:
+                    sock.bind(source_address)
+                sock.connect((ip, port))
+                return sock
+            except OSError as exc:
+                errors.append(exc)
+                sock.close()
+        if not errors:
+            raise OSError(f"getaddrinfo returned an empty list for {host!r}")
+        if all_errors:
+            raise ExceptionGroup("create_connection failed", errors)
+        raise errors[-1]
+
+    def create_server(
+        self,
+        address: Address,
+        *,
+        family: int = _socket.AF_INET,
+        backlog: int | None = None,
+        reuse_port: bool = False,
+        dualstack_ipv6: bool = False,
+    ) -> Socket:
+        """Like socket.create_server: a listening Socket bound to address, with
+        SO_REUSEADDR set as CPython does on POSIX. IPv4 only."""
+        if family != _socket.AF_INET or dualstack_ipv6:
+            raise ValueError("tcpstack speaks IPv4 only")
+        if reuse_port:
+            raise ValueError("SO_REUSEPORT not supported by tcpstack")
+        sock = self.socket()
+        try:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            if backlog is None:
+                sock.listen()
+            else:
+                sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def owns(self, host: str) -> bool:
+        """Whether connections to host (a name or an IPv4 address) belong on this
+        stack: it is on the stack's own network, or it is "" (any address)."""
+        if host == "":
+            return True
+        try:
+            ip = ipaddress.IPv4Address(host)
+        except ValueError:
+            try:
+                ip = ipaddress.IPv4Address(_socket.gethostbyname(host))
+            except OSError:
+                return False
+        return ip in self._engine.network
+
+    def patched(self) -> contextlib.AbstractContextManager[Stack]:
+        """Within `with stack.patched():`, standard-library code uses this stack:
+        socket.create_connection and socket.create_server for addresses on the
+        stack's network (so http.client, urllib.request, smtplib and ftplib), and
+        socketserver.TCPServer and its subclasses (http.server among them) for the
+        servers they create. Other addresses still go to the kernel. On exit every
+        patched name is put back. The patch is process-wide while it lasts, as any
+        monkeypatch is: other threads see it too."""
+        from tcpstack import dropin  # noqa: PLC0415 - only for the patch
+
+        return dropin.patched(self)
+
     def connections(self) -> list[ConnectionInfo]:
         """Every listener and connection with its state, like `ss -tan`."""
         with self._engine.lock:
@@ -262,6 +357,14 @@ class Stack:
             return {ip: wire.mac_str(mac) for ip, mac in self._engine.arp.entries(now).items()}
 
 
+def _resolve(host: str, port: int) -> list[str]:
+    try:
+        return [str(ipaddress.IPv4Address(host or "0.0.0.0"))]
+    except ValueError:
+        infos = _socket.getaddrinfo(host, port, _socket.AF_INET, _socket.SOCK_STREAM)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
 def _random_mac() -> bytes:
     # Locally administered, unicast: 02:xx:xx:xx:xx:xx.
     return bytes([0x02]) + random.randbytes(5)
@@ -282,7 +385,10 @@ class Socket:
         self._shut_rd = False
         self._error_reported = False
         # setsockopt() values, kept to apply to connections made later.
-        self._options: dict[tuple[int, int], int | str] = {}
+        self._options: dict[tuple[int, int], sockopts.Value] = {}
+        self._ready: ReadinessFd | None = None  # made by the first fileno()
+        self._io_refs = 0  # open makefile() objects; close() waits for them
+        self._close_requested = False
 
     def __repr__(self) -> str:
         return f"<tcpstack.Socket {self.state.name} local={self._local()} remote={self._remote()}>"
@@ -302,6 +408,15 @@ class Socket:
     def connection(self) -> TcpConnection | None:
         """The core TcpConnection (read it for counters and sequence variables)."""
         return self._flow.conn if self._flow else None
+
+    # Like socket.socket's: asyncio and socketserver check these before using a socket.
+    family = _socket.AF_INET
+    type = _socket.SOCK_STREAM
+    proto = _socket.IPPROTO_TCP
+
+    @property
+    def timeout(self) -> float | None:
+        return self._timeout
 
     def info(self) -> TcpInfo | None:
         """A snapshot like Linux's TCP_INFO (`ss -ti`): state, sequence variables,
@@ -324,12 +439,16 @@ class Socket:
         key = (level, optname)
         if key not in sockopts.OPTIONS:
             raise _oserror(errno.ENOPROTOOPT, f"level {level} option {optname}")
-        if optname == sockopts.TCP_CONGESTION:
+        if key == sockopts.SO_LINGER:
+            if not isinstance(value, bytes | bytearray) or len(value) < 8:
+                raise _oserror(errno.EINVAL, "SO_LINGER takes a struct linger")
+            stored: sockopts.Value = bytes(value[:8])
+        elif optname == sockopts.TCP_CONGESTION:
             name = value.decode() if isinstance(value, bytes) else str(value)
             name = name.rstrip("\0")
             if name not in ("reno", "cubic"):
                 raise _oserror(errno.ENOENT, f"congestion control {name!r}")
-            stored: int | str = name
+            stored = name
         else:
             if not isinstance(value, int):
                 raise TypeError("an integer is required")
@@ -345,13 +464,26 @@ class Socket:
                 self._engine.pump(self._flow, now)  # a new timer (keep-alive) may be due
 
     def getsockopt(self, level: int, optname: int, buflen: int = 0, /) -> int | bytes:
+        """As setsockopt, plus SO_ERROR (the pending error, cleared by reading it, as
+        a non-blocking connect() reports its outcome) and SO_TYPE."""
         key = (level, optname)
+        if key == (_socket.SOL_SOCKET, _socket.SO_ERROR):
+            with self._engine.lock:
+                flow = self._flow
+                if flow is None or flow.error is None or self._error_reported:
+                    return 0
+                self._error_reported = True
+                return flow.error.errno or errno.EIO
+        if key == (_socket.SOL_SOCKET, _socket.SO_TYPE):
+            return _socket.SOCK_STREAM
         if key not in sockopts.OPTIONS:
             raise _oserror(errno.ENOPROTOOPT, f"level {level} option {optname}")
         with self._engine.lock:
             self._check_open()
             conn = self._flow.conn if self._flow else None
             value = sockopts.read(conn, key, self._options, self._engine.config)
+        if isinstance(value, bytes):  # a struct: an int without a buffer, as CPython
+            return value[:buflen] if buflen else int.from_bytes(value[:4], sys.byteorder)
         if isinstance(value, str):
             raw = value.encode()
             return raw.ljust(buflen, b"\0")[: buflen or len(raw)]
@@ -397,7 +529,7 @@ class Socket:
 
     def __exit__(
         self,
-        exc_type: type[BaseException] | None,
+        exc_type: builtins.type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
@@ -426,6 +558,55 @@ class Socket:
                     )
                 cond.wait(remaining)
             return self.state
+
+    # -------------------------------------------------------------- readiness
+
+    def fileno(self) -> int:
+        """A file descriptor that select, poll, selectors and asyncio see as readable
+        when recv() or accept() would not block, and writable when send() would not
+        (see tcpstack.readiness). Only wait on it: reading or writing it is not the
+        socket's I/O. -1 once the socket is closed, like socket.socket."""
+        with self._engine.lock:
+            if self._closed:
+                return -1
+            if self._ready is None:
+                self._ready = ReadinessFd()
+                self._watch()
+                self._update_ready()
+            return self._ready.fileno()
+
+    def _watch(self) -> None:
+        """Have the engine report changes of the connection or listener to fileno()."""
+        if self._ready is None:
+            return
+        if self._listener is not None:
+            self._listener.watch = self._update_ready
+        if self._flow is not None:
+            self._flow.watch = self._update_ready
+
+    def _update_ready(self) -> None:
+        if self._ready is not None:
+            self._ready.set(*self._readiness())
+
+    def _readiness(self) -> tuple[bool, bool]:
+        """(readable, writable) as Linux's tcp_poll would say for select()."""
+        listener, flow = self._listener, self._flow
+        if self._closed or not self._engine.alive:
+            return True, True
+        if listener is not None:
+            return bool(listener.accept_queue) or listener.closed, False
+        if flow is None:
+            return True, True  # unconnected: POLLOUT and POLLHUP, so both
+        conn = flow.conn
+        failed = flow.error is not None or conn.state is State.CLOSED
+        readable = failed or conn.readable > 0 or conn.eof or self._shut_rd
+        if failed or not conn.state.can_send:
+            return readable, True  # send() would fail at once: not a wait
+        if conn.state in _OPENING:
+            return readable, False
+        # Linux's sk_stream_is_writeable: free space of at least half what is queued.
+        space = conn.send_space
+        return readable, space > 0 and 2 * space >= conn.in_flight + conn.unsent
 
     # ---------------------------------------------------------------- helpers
 
@@ -474,6 +655,12 @@ class Socket:
                 port = self._engine.ephemeral_port("0.0.0.0", 0)
             elif port in self._engine.bound_ports or port in self._engine.listeners:
                 raise _oserror(errno.EADDRINUSE)
+            elif not self._options.get(sockopts.SO_REUSEADDR) and any(
+                flow.conn.local_port == port for flow in self._engine.flows.values()
+            ):
+                # Like Linux: a connection still using the port (TIME-WAIT too) blocks
+                # the bind unless SO_REUSEADDR is set, as servers do to restart at once.
+                raise _oserror(errno.EADDRINUSE)
             self._engine.bound_ports.add(port)
             self._port = port
             self._owns_port = True
@@ -497,6 +684,8 @@ class Socket:
                 self._port, backlog, config=sockopts.buffers(self._engine.config, self._options)
             )
             self._listener.options = dict(self._options)
+            self._watch()
+            self._update_ready()
 
     def accept(self) -> tuple[Socket, Address]:
         """Wait for a connection whose handshake completed (the third segment arrived)."""
@@ -514,6 +703,7 @@ class Socket:
                 raise _oserror(errno.EINVAL if not self._closed else errno.EBADF)
             flow = listener.accept_queue.popleft()
             flow.listener = None
+            self._update_ready()
             # Like CPython: the new socket takes the default timeout, not the listener's.
             child = Socket(self._stack, _flow=flow)
             # Like Linux: options set on the listener were applied to the connection
@@ -558,6 +748,7 @@ class Socket:
                     )
                     self._flow = flow
                     self._port = local_port
+                    self._watch()
                     now = self._now()
                     sockopts.apply_options(flow.conn, self._options, now)
                     flow.conn.open_active(now)
@@ -732,7 +923,7 @@ class Socket:
                 now = self._now()
                 flow.conn.shutdown(now)
                 self._engine.pump(flow, now)
-            flow.cond.notify_all()
+            flow.changed()
 
     def close(self) -> None:
         """Release the socket. Idempotent.
@@ -740,28 +931,157 @@ class Socket:
         A connection closes gracefully (FIN) and finishes on its own, through
         TIME-WAIT if we closed first; `state` keeps reporting it. If unread data
         is left in the receive buffer the connection is reset instead, as Linux
-        does (RFC 2525 §2.17).
+        does (RFC 2525 §2.17), and so it is with SO_LINGER on and a zero timeout.
+        SO_LINGER on with a timeout makes a blocking close() wait up to that long
+        for our FIN to be acknowledged.
+
+        Like socket.socket, the connection stays open while file objects from
+        makefile() are open; the last one to close releases it.
         """
+        with self._engine.lock:
+            self._close_requested = True
+            if self._io_refs > 0:
+                return
+        self._real_close()
+
+    def _decref_socketios(self) -> None:
+        # Called by socket.SocketIO.close(), for each makefile() object.
+        with self._engine.lock:
+            self._io_refs -= 1
+            last = self._close_requested and self._io_refs <= 0
+        if last:
+            self._real_close()
+
+    def _real_close(self) -> None:
+        onoff, seconds = _linger(self._options.get(sockopts.SO_LINGER))
         with self._engine.lock:
             if self._closed:
                 return
             self._closed = True
             now = self._now()
+            flow = self._flow
             if not self._engine.alive:
                 pass  # the stack is closed or failed: nothing left to tell the peer
             elif self._listener is not None:
                 self._engine.close_listener(self._listener, now)
-            elif self._flow is not None:
-                flow = self._flow
-                if flow.conn.readable > 0:
+            elif flow is not None:
+                if flow.conn.readable > 0 or onoff and seconds == 0:
                     flow.conn.abort(now)
                 else:
                     flow.conn.orphan(now)
                 self._engine.pump(flow, now)
+                if onoff and seconds > 0 and self._timeout != 0.0:
+                    # Linux's sk_stream_wait_close: until the FIN is acknowledged.
+                    deadline = time.monotonic() + seconds
+                    while (
+                        flow.conn.state in _FIN_UNACKED
+                        and self._engine.alive
+                        and (remaining := deadline - time.monotonic()) > 0
+                    ):
+                        flow.cond.wait(remaining)
             if self._owns_port and self._port is not None:
                 self._engine.bound_ports.discard(self._port)
-            if self._flow is not None:
-                self._flow.cond.notify_all()
+            if flow is not None:
+                flow.watch = None
+                flow.changed()
+            if self._listener is not None:
+                self._listener.watch = None
+            if self._ready is not None:
+                self._ready.close()
+                self._ready = None
+
+    # ---------------------------------------------------------- file objects
+
+    def makefile(
+        self,
+        mode: str = "r",
+        buffering: int | None = None,
+        *,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> Any:
+        """A file object reading from and writing to the socket, as socket.makefile:
+        modes "r", "w", "rw" with "b" for bytes; the socket's timeout applies, and
+        the socket is released only when it and every file object are closed."""
+        if not set(mode) <= {"r", "w", "b"}:
+            raise ValueError(f"invalid mode {mode!r} (only r, w, b allowed)")
+        reading = "r" in mode
+        writing = "w" in mode
+        if not reading and not writing:
+            raise ValueError("mode must include r or w")
+        binary = "b" in mode
+        rawmode = ("r" if reading else "") + ("w" if writing else "")
+        raw = _socket.SocketIO(self, rawmode)  # type: ignore[arg-type]
+        with self._engine.lock:
+            self._check_open()
+            self._io_refs += 1
+        if buffering is None:
+            buffering = -1
+        if buffering < 0:
+            buffering = io.DEFAULT_BUFFER_SIZE
+        if buffering == 0:
+            if not binary:
+                raise ValueError("unbuffered streams must be binary")
+            return raw
+        buffer: Any
+        if reading and writing:
+            buffer = io.BufferedRWPair(raw, raw, buffering)
+        elif reading:
+            buffer = io.BufferedReader(raw, buffering)
+        else:
+            buffer = io.BufferedWriter(raw, buffering)
+        if binary:
+            return buffer
+        text = io.TextIOWrapper(buffer, encoding, errors, newline)
+        text.mode = mode  # type: ignore[misc]
+        return text
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """Send a binary file's bytes from offset (count of them, or to the end);
+        return how many were sent and leave the file positioned after them, as
+        socket.sendfile does. The timeout bounds the whole call."""
+        if isinstance(file, io.TextIOBase) or "b" not in getattr(file, "mode", "b"):
+            raise ValueError("file should be opened in binary mode")
+        if count is not None:
+            if not isinstance(count, int):
+                raise TypeError(f"count must be a positive integer (got {count!r})")
+            if count <= 0:
+                raise ValueError(f"count must be a positive integer (got {count!r})")
+        if offset:
+            file.seek(offset)
+        deadline = self._deadline()
+        total = 0
+        try:
+            while count is None or total < count:
+                want = _SENDFILE_CHUNK if count is None else min(_SENDFILE_CHUNK, count - total)
+                chunk = file.read(want)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                with self._engine.lock:
+                    sent = 0
+                    while sent < len(view):
+                        n = self._send_locked(view[sent:], deadline)
+                        sent += n
+                        total += n
+        finally:
+            if total > 0 and hasattr(file, "seek"):
+                file.seek(offset + total)
+        return total
+
+
+_SENDFILE_CHUNK = 256 * 1024
+# States in which our FIN waits for its acknowledgement (what SO_LINGER waits for).
+_FIN_UNACKED = (State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK)
+
+
+def _linger(value: sockopts.Value | None) -> tuple[int, int]:
+    if not isinstance(value, bytes):
+        return 0, 0
+    onoff = int.from_bytes(value[:4], sys.byteorder, signed=True)
+    seconds = int.from_bytes(value[4:8], sys.byteorder, signed=True)
+    return onoff, seconds
 
 
 class _Readable(Protocol):
