@@ -57,6 +57,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from tcpstack import netns
+from tcpstack.stack import Stack
 
 KINDS = ("veth", "tap", "kernel")
 _VETH_KINDS = ("veth", "kernel")
@@ -192,7 +193,7 @@ class Lab:
                 _write_record(self._record())
                 if not persist:
                     _register(self)
-                self._build()
+                netns.outside_event_loop(self._build)
             except BaseException:
                 self.down()
                 raise
@@ -309,6 +310,13 @@ class Lab:
 
     # -- using ----------------------------------------------------------------------
 
+    def stack(self, **kwargs: Any) -> Stack:
+        """A Stack owning the endpoint's address on the lab's endpoint interface;
+        kwargs go to Stack (config=, impairment=, ...). Close it before the lab."""
+        return Stack(
+            self.endpoint_interface, self.endpoint_cidr, netns=self.endpoint_netns, **kwargs
+        )
+
     def in_peer(self) -> contextlib.AbstractContextManager[None]:
         """Context manager: the calling thread runs inside the peer namespace."""
         return netns.enter(self.peer_netns)
@@ -355,6 +363,15 @@ class Lab:
                         )
                     )
             return found
+
+    def wait_peer_listening(self, port: int, timeout: float = 10.0) -> None:
+        """Return once a kernel socket in the peer namespace listens on port: a
+        server started there with peer_popen() is ready for connections."""
+        deadline = time.monotonic() + timeout
+        while not any(s.state == "LISTEN" and s.local[1] == port for s in self.peer_tcp_sockets()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on port {port} in {self.peer_netns}")
+            time.sleep(0.005)
 
     def peer_tcp_state(self, local: tuple[str, int], remote: tuple[str, int]) -> str | None:
         """State of the peer's socket with this local and remote address, or None."""

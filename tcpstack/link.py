@@ -142,10 +142,14 @@ def _vnet_trusted(header: bytes | memoryview) -> bool:
 
 def detect_kind(interface: str, netns: str | None = None) -> str:
     """ "tap" if INTERFACE is a TUN/TAP device, else "packet" (any Ethernet device)."""
-    with _netns.enter(netns) if netns else contextlib.nullcontext(), IPRoute() as ipr:
-        index = socket.if_nametoindex(interface)  # OSError if there is no such interface
-        (found,) = ipr.link("get", index=index)
-    return "tap" if found.get(("linkinfo", "kind")) == "tun" else "packet"
+
+    def query() -> str:
+        with _netns.enter(netns) if netns else contextlib.nullcontext(), IPRoute() as ipr:
+            index = socket.if_nametoindex(interface)  # OSError if there is no such interface
+            (found,) = ipr.link("get", index=index)
+        return "tap" if found.get(("linkinfo", "kind")) == "tun" else "packet"
+
+    return _netns.outside_event_loop(query)
 
 
 class PacketLink:

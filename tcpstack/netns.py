@@ -14,18 +14,35 @@ group leader, not this thread (use /proc/thread-self/net, netlink or ioctls).
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import os
 import subprocess
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from pyroute2 import netns as _pr_netns
 
 NETNS_DIR = "/run/netns"
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+T = TypeVar("T")
+
+
+def outside_event_loop(fn: Callable[[], T]) -> T:
+    """fn(), on a short-lived thread if an asyncio loop runs in this one: pyroute2's
+    synchronous API runs an event loop of its own, and asyncio refuses to start one
+    inside another. The new thread starts in this thread's namespace."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="netlink") as pool:
+        return pool.submit(fn).result()
 
 
 def path(name: str) -> str:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-from tcpstack import sockopts, wire
+from tcpstack import dropin, sockopts, wire
 from tcpstack.config import StackConfig, TcpConfig
 from tcpstack.control import ControlServer
 from tcpstack.core.connection import TcpConnection, TcpInfo
@@ -258,8 +258,6 @@ class Stack:
         servers they create. Other addresses still go to the kernel. On exit every
         patched name is put back. The patch is process-wide while it lasts, as any
         monkeypatch is: other threads see it too."""
-        from tcpstack import dropin  # noqa: PLC0415 - only for the patch
-
         return dropin.patched(self)
 
     def connections(self) -> list[ConnectionInfo]:
