@@ -101,7 +101,7 @@ class Flow:
     def changed(self) -> None:
         self.cond.notify_all()
         if self.watch is not None:
-            self.watch()
+            self.watch()  # never raises: see Socket._update_ready
 
 
 @dataclass(eq=False)
@@ -122,7 +122,7 @@ class Listener:
     def changed(self) -> None:
         self.cond.notify_all()
         if self.watch is not None:
-            self.watch()
+            self.watch()  # never raises: see Socket._update_ready
 
 
 class Engine:
@@ -162,6 +162,7 @@ class Engine:
         self.flows: dict[FlowKey, Flow] = {}
         self.listeners: dict[int, Listener] = {}
         self.bound_ports: set[int] = set()
+        self._deferred: deque[Callable[[], None]] = deque()
         # Held until ARP answers: the frame, its trace record and its GSO size.
         self.arp: ArpCache[tuple[bytes, TraceRecord | None, int]] = ArpCache(
             max_pending=self.limits.max_arp_pending
@@ -216,6 +217,17 @@ class Engine:
         if self._stopping:
             raise EngineFailed(errno.ESHUTDOWN, "stack closed")
 
+    @property
+    def on_engine_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def defer(self, work: Callable[[], None]) -> None:
+        """Run work on the engine thread, with the lock held, at its next turn. For
+        what may not run where it is asked for: a socket closed by the garbage
+        collector, which can run in the middle of the engine's own loops."""
+        self._deferred.append(work)
+        self._wake()
+
     def _wake(self) -> None:
         if self._wake_fd < 0:
             return  # stopped: the descriptor is closed and its number may be reused
@@ -260,11 +272,16 @@ class Engine:
                     elif link_fd in readable:
                         self._receive_frames()
                     self._run_timers(self.clock())
+                    while self._deferred:
+                        self._deferred.popleft()()
         except BaseException as exc:  # noqa: BLE001 - surfaced to every caller below
             if not self._stopping:
                 log.exception("engine thread failed")
                 with self.lock:
                     self.failure = exc
+                    # The link may be what failed: frames still queued are lost with it,
+                    # rather than raising again when the lock is let go.
+                    self._txq.clear()
                     self._fail_all(EngineFailed(errno.EIO, f"tcpstack engine failed: {exc!r}"))
 
     def _fail_all(self, error: OSError) -> None:

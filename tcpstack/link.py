@@ -372,7 +372,11 @@ class MemoryLink:
         return frames
 
     def send(self, frame: bytes, gso_size: int = 0) -> None:
-        self._sock.send(frame)
+        try:
+            self._sock.send(frame)
+        except (BrokenPipeError, ConnectionRefusedError) as exc:
+            # The other end is gone, as a cable pulled out: the frame is lost.
+            raise OSError(errno.ENETDOWN, "memory link closed by the other end") from exc
 
     def close(self) -> None:
         self._sock.close()

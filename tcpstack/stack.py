@@ -23,6 +23,7 @@ import random
 import socket as _socket
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from types import TracebackType
@@ -577,18 +578,37 @@ class Socket:
         """Have the engine report changes of the connection or listener to fileno()."""
         if self._ready is None:
             return
+        # A weak reference: the engine's record must not keep a dropped socket alive.
+        ref = weakref.ref(self)
+
+        def watch() -> None:
+            sock = ref()
+            if sock is not None:
+                sock._update_ready()
+
         if self._listener is not None:
-            self._listener.watch = self._update_ready
+            self._listener.watch = watch
         if self._flow is not None:
-            self._flow.watch = self._update_ready
+            self._flow.watch = watch
 
     def _update_ready(self) -> None:
-        if self._ready is not None:
-            self._ready.set(*self._readiness())
+        ready = self._ready
+        if ready is None:
+            return
+        try:
+            ready.set(*self._readiness())
+        except OSError:
+            # Someone closed or used the descriptor itself (ssl.wrap_socket does, on
+            # its way to failing). Only this socket's readiness is lost, never the
+            # engine that called us.
+            self._ready = None
+            ready.close()
 
     def _readiness(self) -> tuple[bool, bool]:
         """(readable, writable) as Linux's tcp_poll would say for select()."""
         listener, flow = self._listener, self._flow
+        if listener is not None and not self._engine.alive:
+            return False, False  # accept() cannot succeed again: do not spin a loop on it
         if self._closed or not self._engine.alive:
             return True, True
         if listener is not None:
@@ -951,6 +971,14 @@ class Socket:
             self._real_close()
 
     def _real_close(self) -> None:
+        if self._engine.on_engine_thread and self._engine.alive:
+            # From a file object's finalizer, perhaps in the middle of the engine's
+            # loops: close at the engine's next turn instead.
+            self._engine.defer(self._close_now)
+            return
+        self._close_now()
+
+    def _close_now(self) -> None:
         onoff, seconds = _linger(self._options.get(sockopts.SO_LINGER))
         with self._engine.lock:
             if self._closed:
@@ -968,15 +996,9 @@ class Socket:
                 else:
                     flow.conn.orphan(now)
                 self._engine.pump(flow, now)
-                if onoff and seconds > 0 and self._timeout != 0.0:
-                    # Linux's sk_stream_wait_close: until the FIN is acknowledged.
-                    deadline = time.monotonic() + seconds
-                    while (
-                        flow.conn.state in _FIN_UNACKED
-                        and self._engine.alive
-                        and (remaining := deadline - time.monotonic()) > 0
-                    ):
-                        flow.cond.wait(remaining)
+                if onoff and seconds != 0 and self._timeout != 0.0:
+                    if not self._engine.on_engine_thread:
+                        self._linger_wait(flow, seconds)
             if self._owns_port and self._port is not None:
                 self._engine.bound_ports.discard(self._port)
             if flow is not None:
@@ -987,6 +1009,17 @@ class Socket:
             if self._ready is not None:
                 self._ready.close()
                 self._ready = None
+
+    def _linger_wait(self, flow: Flow, seconds: int) -> None:
+        """Linux's sk_stream_wait_close: until our FIN is acknowledged, the connection
+        ends, or the linger time passes. A negative time has no limit, as in Linux
+        (the connection's own retransmission limit still ends it)."""
+        deadline = None if seconds < 0 else time.monotonic() + seconds
+        while flow.conn.state in _FIN_UNACKED and self._engine.alive:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            flow.cond.wait(remaining)
 
     # ---------------------------------------------------------- file objects
 

@@ -105,7 +105,7 @@ def test_curl_fetches_and_uploads_to_http_server_on_our_endpoint(
     handler = functools.partial(_FilesAndUploads, directory=str(files))
     with stack.patched():
         server = http.server.ThreadingHTTPServer(("", port), handler)
-    assert isinstance(server.socket, Socket)
+    assert any(c.local == (stack.address, port) for c in stack.connections())
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
     serving.start()
     try:

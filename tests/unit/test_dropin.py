@@ -16,6 +16,7 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -82,7 +83,7 @@ def test_nonblocking_connect_completes_as_writable_with_so_error_zero(
     twin: tuple[Stack, Stack],
 ) -> None:
     a, b = twin
-    b.create_server(("", PORT))
+    listener = b.create_server(("", PORT))
     client = a.socket()
     client.setblocking(False)
     with pytest.raises(BlockingIOError) as raised:
@@ -91,6 +92,7 @@ def test_nonblocking_connect_completes_as_writable_with_so_error_zero(
     wait_ready(client, writable=True)
     assert client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
     assert client.state is State.ESTABLISHED
+    listener.close()
 
 
 def test_refused_nonblocking_connect_reports_through_so_error_once(
@@ -131,9 +133,17 @@ def test_not_writable_while_the_send_buffer_is_full(twin: tuple[Stack, Stack]) -
     server, _ = listener.accept()
     client.setblocking(False)
     sent = 0
-    with pytest.raises(BlockingIOError):
-        while True:
+    conn = client.connection
+    assert conn is not None
+    deadline = time.monotonic() + TIMEOUT
+    # Fill until the receiver's window is shut and everything sent is acknowledged:
+    # from then on no ACK can free space, and the socket must stay unwritable.
+    while not (conn.snd_wnd == 0 and conn.in_flight == 0 and conn.send_space == 0):
+        assert time.monotonic() < deadline, "the send buffer never filled"
+        try:
             sent += client.send(bytes(4096))
+        except BlockingIOError:
+            select.select([], [], [], 0.01)
     assert ready(client) == (False, False)
     received = 0
     while received < sent:
@@ -319,7 +329,7 @@ def test_patched_http_server_and_urllib_client(twin: tuple[Stack, Stack], tmp_pa
 
     with b.patched():
         server = http.server.ThreadingHTTPServer((B_IP, PORT), Handler)
-    assert isinstance(server.socket, Socket)
+    assert ((B_IP, PORT), State.LISTEN) in [(c.local, c.state) for c in b.connections()]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
@@ -348,6 +358,55 @@ def test_patch_leaves_other_addresses_and_restores_every_name(
     finally:
         kernel.close()
     assert (socket.create_connection, socket.create_server, socketserver.socket) == originals
+
+
+def test_overlapping_patches_restore_the_originals_whatever_the_exit_order(
+    twin: tuple[Stack, Stack],
+) -> None:
+    a, b = twin
+    originals = (socket.create_connection, socket.create_server, socketserver.socket)
+    first, second = a.patched(), b.patched()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first to begin ends first
+    assert socket.create_connection is not originals[0]  # b's patch is still on
+    second.__exit__(None, None, None)
+    assert (socket.create_connection, socket.create_server, socketserver.socket) == originals
+
+
+def test_patched_socketserver_on_another_address_stays_with_the_kernel(
+    twin: tuple[Stack, Stack],
+) -> None:
+    a, _ = twin
+    with a.patched():
+        server = socketserver.TCPServer(("127.0.0.1", 0), socketserver.BaseRequestHandler)
+    try:
+        host, port = server.server_address[:2]
+        assert host == "127.0.0.1" and port > 0
+        assert not a.connections()
+        kernel = socket.create_connection((host, port), timeout=TIMEOUT)
+        kernel.close()
+    finally:
+        server.server_close()
+
+
+def test_a_broken_readiness_descriptor_does_not_stop_the_stack(
+    twin: tuple[Stack, Stack],
+) -> None:
+    a, b = twin
+    _, client, server = connected(a, b)
+    os.close(server.fileno())  # as ssl.wrap_socket's failed attempt ends up doing
+    client.sendall(b"still fine")
+    assert server.recv(100) == b"still fine"
+    assert b.stats().get("internal_errors", 0) == 0
+
+
+def test_a_listener_of_a_closed_stack_is_not_ready(twin: tuple[Stack, Stack]) -> None:
+    _, b = twin
+    listener = b.create_server(("", PORT))
+    listener.fileno()
+    b.close()
+    assert ready(listener) == (False, False)  # an event loop would spin on accept()
 
 
 # ------------------------------------------------------------------ asyncio
