@@ -364,11 +364,15 @@ class Lab:
                     )
             return found
 
+    def peer_listening(self, port: int) -> bool:
+        """Whether a kernel socket in the peer namespace listens on port."""
+        return any(s.state == "LISTEN" and s.local[1] == port for s in self.peer_tcp_sockets())
+
     def wait_peer_listening(self, port: int, timeout: float = 10.0) -> None:
         """Return once a kernel socket in the peer namespace listens on port: a
         server started there with peer_popen() is ready for connections."""
         deadline = time.monotonic() + timeout
-        while not any(s.state == "LISTEN" and s.local[1] == port for s in self.peer_tcp_sockets()):
+        while not self.peer_listening(port):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on port {port} in {self.peer_netns}")
             time.sleep(0.005)

@@ -58,9 +58,8 @@ class PeerProgram:
         if self.process.poll() is not None:
             out = self.process.stdout.read().decode(errors="replace") if self.process.stdout else ""
             raise AssertionError(f"{self.argv} exited with {self.process.returncode}: {out}")
-        return any(
-            s.state == "LISTEN" and s.local[1] == self.port for s in self.lab.peer_tcp_sockets()
-        )
+        assert self.port is not None
+        return self.lab.peer_listening(self.port)
 
     def wait(self, timeout: float = TIMEOUT) -> tuple[int, str]:
         """Wait for the program to exit by itself: (exit status, its output)."""
