@@ -98,7 +98,11 @@ def main() -> None:
         ),
         "ip fragment (more fragments)": (frame(eth() / ip(flags="MF") / tcp()), "drop:ip_fragment"),
         "ip fragment (offset)": (frame(eth() / ip(frag=10) / tcp()), "drop:ip_fragment"),
-        "ip options": (frame(eth() / ip(options=[b"\x01\x01\x01\x01"]) / tcp()), "drop:ip_options"),
+        # IP options are skipped (MUST-50): this one reaches TCP, which drops it there.
+        "ip options": (
+            frame(eth() / ip(options=[b"\x01\x01\x01\x01"]) / tcp(flags="")),
+            "tcp:drop_listen_no_syn",
+        ),
         "broadcast source": (
             frame(eth() / ip(src="255.255.255.255") / tcp()),
             "drop:ip_bad_source",

@@ -71,7 +71,6 @@ DROP_REASONS: tuple[str, ...] = (
     "ip_bad_length",
     "ip_bad_checksum",
     "ip_fragment",
-    "ip_options",
     "ip_ttl_zero",
     "ip_bad_source",
     "ip_unsupported_protocol",
@@ -244,16 +243,16 @@ def decode_frame(frame: Buffer, *, checksum_trusted: bool = False) -> Decoded:
         raise DecodeError("ip_bad_checksum")
     if frag & _IP_FRAG_MASK:
         raise DecodeError("ip_fragment", f"flags/offset 0x{frag:04x}")
-    if hlen != _IP_LEN:
-        raise DecodeError("ip_options", f"ihl {hlen // 4}")
+    # IP options are skipped, not refused: RFC 9293 MUST-50 has TCP ignore the ones
+    # it does not know, and it knows none.
     if ttl == 0:
         raise DecodeError("ip_ttl_zero")
     if src[0] >= 0xE0 and (src[0] < 0xF0 or src == b"\xff\xff\xff\xff"):
         raise DecodeError("ip_bad_source", socket.inet_ntoa(src))
 
-    off = _ETH_LEN + _IP_LEN
+    off = _ETH_LEN + hlen
     if proto == PROTO_TCP:
-        seg_len = total - _IP_LEN
+        seg_len = total - hlen
         if seg_len < _TCP_LEN:
             raise DecodeError("tcp_truncated", f"{seg_len} bytes")
         sport, dport, seq, ack, doff, flags, window, _tsum, urgent = _TCP.unpack_from(frame, off)

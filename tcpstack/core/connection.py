@@ -1181,8 +1181,10 @@ class TcpConnection:
                     self.rcv_nxt = seq.add(self.rcv_nxt, len(ready))
                     self.stats["bytes_received"] += len(ready)
                     filled = True
-                if self._ooo.fin is not None and self._ooo.fin == self.rcv_nxt:
-                    fin = True
+            # A FIN that came ahead of a hole is held even when no data came with it
+            # (the reassembler then holds no block at all).
+            if self._ooo.fin is not None and self._ooo.fin == self.rcv_nxt:
+                fin = True
             self._events.append(DataReceived(len(payload) + (len(ready) if filled else 0)))
             self._ack_policy(len(payload), immediate=filled, now=now)
         if fin and self.state in (State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2):
