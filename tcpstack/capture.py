@@ -4,7 +4,9 @@ The scenarios' differential mode runs a kernel socket where our endpoint would b
 needs its segments as our engine reports its own; this is the tcpdump of that run.
 An AF_PACKET socket sees both directions (outgoing frames with PACKET_OUTGOING), and
 with default offloads it sees GSO super-frames and frames whose checksum the kernel
-has not filled in yet, so frames are decoded without checking checksums.
+has not filled in yet (PACKET_AUXDATA's TP_STATUS_CSUMNOTREADY, kept as
+`checksum_partial`), so frames are decoded without checking checksums unless the
+kernel says they are complete.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 SO_TIMESTAMPNS = 35
 SO_RCVBUFFORCE = 33
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+TP_STATUS_CSUMNOTREADY = 0x08
+_AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
 BUFFER = 64 << 20
 _TIMESPEC = struct.Struct("=qq")
 # A capture ends by itself after this long, should its owner never stop it.
@@ -34,6 +40,7 @@ class CapturedFrame:
     time: float  # when the kernel saw it, on time.monotonic()'s clock like trace events
     outgoing: bool
     frame: bytes = field(repr=False)
+    checksum_partial: bool = False  # offload fills the checksum in later: it is not wrong
 
 
 class Capture:
@@ -61,12 +68,13 @@ class Capture:
             # Two kernels exchange a megabyte in a few milliseconds: the queue must
             # hold a burst while this thread catches up (FORCE: root may exceed rmem_max).
             self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, BUFFER)
+            self._sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
             self._sock.bind((interface, ETH_P_ALL))
             self._sock.setblocking(False)
         except BaseException:
             self._sock.close()
             raise
-        self._ancsize = socket.CMSG_SPACE(_TIMESPEC.size)
+        self._ancsize = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_AUXDATA.size)
         # Timestamps come on CLOCK_REALTIME; trace events use the monotonic clock.
         self._clock_offset = time.monotonic() - time.time()
         self._stop = threading.Event()
@@ -131,11 +139,14 @@ class Capture:
                 self._mark_idle()
                 return
             when = time.monotonic()
+            partial = False
             for level, kind, data in ancdata:
                 if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
                     sec, nsec = _TIMESPEC.unpack_from(data)
                     when = sec + nsec / 1e9 + self._clock_offset
-            captured = CapturedFrame(when, address[2] == PACKET_OUTGOING, frame)
+                elif level == SOL_PACKET and kind == PACKET_AUXDATA:
+                    partial = bool(_AUXDATA.unpack_from(data)[0] & TP_STATUS_CSUMNOTREADY)
+            captured = CapturedFrame(when, address[2] == PACKET_OUTGOING, frame, partial)
             self.frames.append(captured)
             if self._on_frame is not None:
                 self._on_frame(captured)

@@ -106,6 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--absolute", action="store_true", help="print absolute seq/ack and timestamps too"
     )
 
+    conformance = sub.add_parser(
+        "conformance",
+        help="run the scripted conformance scenarios against us and against Linux",
+    )
+    conformance.add_argument(
+        "ids", nargs="*", help="scenario ids (e.g. H-03 A-01); default: every CI scenario"
+    )
+    conformance.add_argument(
+        "--dut", choices=("tcpstack", "linux", "both"), default="both", help="device under test"
+    )
+    conformance.add_argument(
+        "--all", action="store_true", help="also the longer scenarios CI leaves out"
+    )
+    conformance.add_argument("--list", action="store_true", help="list the scenarios and stop")
+    conformance.add_argument(
+        "--transcript", action="store_true", help="print each run's transcript, passed or not"
+    )
+
     sub.add_parser(
         "bench",
         help="benchmark against the kernel on this machine (see tcpstack bench --help)",
@@ -161,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         from tcpstack.scenarios import cli as scenario_cli
 
         return scenario_cli.main(args)
+    if args.command == "conformance":
+        from tcpstack.testing import runner
+
+        return runner.main(args)
     if args.command == "ss":
         return _ss(args)
     if args.command == "lab":
