@@ -30,6 +30,12 @@ creator, can be removed later with `down_recorded()`; that only ever removes the
 namespaces a record lists. A namespace outlives its name while anything still holds it
 (an open socket or TAP fd created inside it), so close links before expecting the
 kernel to free the interfaces.
+
+Teardown observers: `add_teardown_observer(fn)` has `fn(lab)` called by every `down()`
+of this process just before the lab's namespaces go, while the lab still counts as up
+(so `peer_nstat()` works): the last moment anything can be read from its kernels. An
+observer cannot stop the removal: what it raises is kept in `lab.teardown_errors` and
+the namespaces are removed all the same.
 """
 
 from __future__ import annotations
@@ -160,6 +166,9 @@ class Lab:
         self._creator_pid = 0
         self._diags: dict[str, _InetDiag] = {}
         self._diag_lock = threading.Lock()
+        self._observed = False
+        # What teardown observers raised, with the observer; see add_teardown_observer.
+        self.teardown_errors: list[tuple[Callable[[Lab], None], Exception]] = []
 
     def __repr__(self) -> str:
         return f"<Lab {self.name} kind={self.kind} {self._state}>"
@@ -200,25 +209,49 @@ class Lab:
         return self
 
     def down(self) -> None:
-        """Remove everything this lab created; safe to call any number of times."""
+        """Remove everything this lab created; safe to call any number of times.
+        Teardown observers run first (see add_teardown_observer)."""
         if self._state == "down":
             return
         with _signals_deferred():
-            self._state = "down"
-            with self._diag_lock:
-                for diag in self._diags.values():
-                    diag.close()
-                self._diags.clear()
-            errors: list[BaseException] = []
-            for name in self.namespaces:
-                try:
-                    if netns.exists(name):
-                        netns.remove(name)
-                except OSError as exc:
-                    errors.append(exc)
-            if not errors:
-                _delete_record(self.name)
-            _unregister(self)
+            try:
+                self._notify_teardown()
+            finally:
+                self._remove()
+
+    def _notify_teardown(self) -> None:
+        # Once per lab, so an observer that calls down() itself does not recurse; a
+        # lab whose up() never started has nothing to observe.
+        if self._observed or self._state != "up":
+            return
+        self._observed = True
+        with _observers_lock:
+            observers = tuple(_teardown_observers)
+        for observer in observers:
+            try:
+                observer(self)
+            except Exception as exc:
+                # Kept, not raised: a failing reader must never leave namespaces behind.
+                self.teardown_errors.append((observer, exc))
+
+    def _remove(self) -> None:
+        if self._state == "down":
+            return
+        self._state = "down"
+        with self._diag_lock:
+            for diag in self._diags.values():
+                diag.close()
+            self._diags.clear()
+        errors: list[BaseException] = []
+        for name in self.namespaces:
+            try:
+                if netns.exists(name):
+                    netns.remove(name)
+            except OSError as exc:
+                errors.append(exc)
+        if not errors:
+            _delete_record(self.name)
+        _unregister(self)
         if errors:
             raise errors[0]
 
@@ -794,6 +827,30 @@ def down_recorded(name: str | None = None, stale_only: bool = True) -> list[str]
     return removed
 
 
+# -- teardown observers ------------------------------------------------------------------
+
+_teardown_observers: list[Callable[[Lab], None]] = []
+_observers_lock = threading.Lock()
+
+
+def add_teardown_observer(observer: Callable[[Lab], None]) -> Callable[[], None]:
+    """Have `observer(lab)` called by every Lab.down() in this process just before the
+    lab's namespaces are removed; returns a function that stops it (safe to call twice).
+
+    Namespaces are removed however the observer ends: an Exception it raises is kept
+    in `lab.teardown_errors`. It runs on whichever thread called down(), possibly
+    while another test thread is busy, so it should be quick and thread-safe."""
+    with _observers_lock:
+        _teardown_observers.append(observer)
+
+    def remove() -> None:
+        with _observers_lock:
+            with contextlib.suppress(ValueError):
+                _teardown_observers.remove(observer)
+
+    return remove
+
+
 # -- cleanup at exit and on signals ----------------------------------------------------
 
 _live: dict[str, Lab] = {}
@@ -834,6 +891,12 @@ def _unregister(lab: Lab) -> None:
             for sig, handler in _saved_handlers.items():
                 signal.signal(sig, handler)
             _saved_handlers.clear()
+
+
+def live_labs() -> list[Lab]:
+    """The labs this process has up and would remove at exit (persistent ones aside)."""
+    with _live_lock:
+        return list(_live.values())
 
 
 def _down_all() -> None:

@@ -5,6 +5,11 @@ Every lab this run makes, in this process or in a child, records itself in a dir
 private to the run (TCPSTACK_LAB_DIR), before it creates anything. At the end a new
 `tcps-` namespace fails the run if this run's records name it; new namespaces that no
 record of ours names belong to a parallel run and are left alone.
+
+After every test the kernel is asked what it saw (tcpstack.testing.oracle): the
+watched counters of every lab the test used, read as each lab is removed, must not
+have moved unless the test allows them with `@pytest.mark.nstat_allows(...)`. Labs
+made by a child process (the CLI, examples) are not seen.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import pytest
 from tcpstack import lab as lab_module
 from tcpstack import netns
 from tcpstack.stack import Stack
+from tcpstack.testing import oracle
 from tests.integration.kernel import open_stack
 from tests.integration.report import REPORT
 
@@ -56,6 +62,69 @@ def lab_records() -> Iterator[Path]:
 def _needs_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("network namespace tests need root")
+
+
+def _allowed_counters(node: pytest.Item) -> tuple[set[str], dict[str, set[str]]]:
+    """The counters the test's nstat_allows markers name: those allowed in every
+    kernel, and those allowed in one kernel only.
+
+    `kernel="eut"` (or "peer") limits a marker to that kernel of a lab (see
+    oracle.kernels). Other keyword arguments limit it to some parametrizations:
+    `nstat_allows("TcpInCsumErrors", case=("a", "b"))` applies only where the
+    parameter `case` is "a" or "b"."""
+    callspec = getattr(node, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    allowed: set[str] = set()
+    allowed_in: dict[str, set[str]] = {}
+    named: set[str] = set()
+    for marker in node.iter_markers("nstat_allows"):
+        named.update(marker.args)
+        conditions = dict(marker.kwargs)
+        kernel = conditions.pop("kernel", None)
+        if kernel is not None and kernel not in oracle.KERNELS:
+            pytest.fail(f"nstat_allows: kernel must be one of {oracle.KERNELS}", pytrace=False)
+        applies = True
+        for name, wanted in conditions.items():
+            if name not in params:
+                pytest.fail(f"nstat_allows: the test has no parameter {name!r}", pytrace=False)
+            values = wanted if isinstance(wanted, tuple | list | set | frozenset) else (wanted,)
+            applies = applies and params[name] in values
+        if applies:
+            target = allowed if kernel is None else allowed_in.setdefault(kernel, set())
+            target.update(marker.args)
+    try:
+        oracle.check_names(named)
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        return allowed, allowed_in
+    pytest.fail(f"nstat_allows: {problem}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def kernel_oracle(request: pytest.FixtureRequest, _needs_root: None) -> Iterator[oracle.Watch]:
+    """Fails the test if a watched kernel counter moved that its nstat_allows
+    markers do not name. Autouse fixtures are set up first, so this one is torn down
+    last: by then the test's own lab fixtures have been removed and read."""
+    allowed, allowed_in = _allowed_counters(request.node)
+    watch = oracle.Watch()
+    # Labs from wider-scoped fixtures carry earlier tests' counts.
+    watch.baseline(lab_module.live_labs())
+    stop = lab_module.add_teardown_observer(watch.observe)
+    try:
+        yield watch
+    finally:
+        stop()
+    # Whatever is still up (a module's lab, a lab the test never took down) is read
+    # now; everything else was read as it went down.
+    for made in lab_module.live_labs():
+        if made.is_up:
+            watch.observe(made)
+    report = watch.report(allowed, allowed_in)
+    if report:
+        # The fixture's own frames say nothing; the report says it all.
+        __tracebackhide__ = True
+        raise AssertionError(report)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
