@@ -180,7 +180,10 @@ class Attacker:
         sniffer.join(5.0)
 
     def stop(self, *_: object) -> None:
-        self._stop.set()
+        # Runs as the SIGTERM handler, possibly while the main thread is inside
+        # _stop.wait() holding the Event's lock: set() from here would deadlock on
+        # that lock, so another thread sets it.
+        threading.Thread(target=self._stop.set, daemon=True).start()
 
 
 class AttackProcess:
