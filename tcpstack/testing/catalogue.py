@@ -281,7 +281,7 @@ scripted(
 
 def _beyond_window(c: Conversation) -> None:
     c.run(PASSIVE)
-    window = c.peer_window_of_dut()
+    window = c.dut_window  # RCV.WND: the peer offered no window scaling
     c.run(
         f"""
         +0     < P. {1 + window}:{101 + window}(100) ack 1 win 65535

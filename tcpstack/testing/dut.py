@@ -62,9 +62,6 @@ class Dut:
                 return state
         return "CLOSED"
 
-    def set_receive_buffer(self, sock: DutSocket, size: int) -> None:
-        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, size)  # type: ignore[attr-defined]
-
 
 @contextmanager
 def open_dut(

@@ -100,7 +100,6 @@ class Conversation:
         self.last_segment: Segment | None = None
         self.sock: DutSocket | None = None
         self.listener: DutSocket | None = None
-        self.receive_buffer: int | None = None
         self.read_offset = 0
         self.write_offset = 0
         self._pending: _Call | None = None
@@ -269,10 +268,6 @@ class Conversation:
     def _describe(self, seg: Segment) -> str:
         return notation.describe(seg, seq_base=self.conn.dut_isn or 0, ack_base=self.conn.peer_isn)
 
-    def peer_window_of_dut(self) -> int:
-        """RCV.WND as the device last advertised it (the peer offered no window scaling)."""
-        return self.dut_window
-
     @property
     def dut_window(self) -> int:
         """The window field of the last segment the device sent."""
@@ -383,8 +378,6 @@ class Conversation:
     def _socket(self) -> DutSocket:
         sock = self.dut.socket()
         sock.settimeout(CALL_TIMEOUT)
-        if self.receive_buffer is not None:
-            self.dut.set_receive_buffer(sock, self.receive_buffer)
         self._sockets.append(sock)
         return sock
 

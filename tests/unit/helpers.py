@@ -309,6 +309,33 @@ class Pair:
             self.events[name].append(ev)
         self.received[name] += c.receive(1 << 20)
 
+    def connect(self) -> bool:
+        """b connects to a listening a; whether both got to ESTABLISHED (losses can
+        defeat the handshake itself)."""
+        self.a.open_passive()
+        self.b.remote_port = self.a.local_port
+        self.b.open_active(0.0)
+        self.run(until=300.0)
+        return self.a.state is State.ESTABLISHED and self.b.state is State.ESTABLISHED
+
+    def exchange(self, size: int) -> None:
+        """`size` octets from b and half as many from a at once, both sides close, and
+        each must have received exactly what the other sent."""
+        one = bytes(i % 253 for i in range(size))
+        two = bytes(i % 241 for i in range(size // 2))
+        sent_a = sent_b = 0
+        for _ in range(400):
+            if sent_a == len(two) and sent_b == len(one):
+                break
+            sent_b += self.b.send(one[sent_b:])
+            sent_a += self.a.send(two[sent_a:])
+            self.run(until=self.now + 5.0)
+        self.a.shutdown(self.now)
+        self.b.shutdown(self.now)
+        self.run(until=self.now + 600.0)
+        assert bytes(self.received["a"]) == one
+        assert bytes(self.received["b"]) == two
+
     def run(self, until: float, *, max_steps: int = 100_000) -> None:
         """Deliver segments and fire timers in time order until nothing is left or `until`."""
         self._collect("a")

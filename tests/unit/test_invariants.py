@@ -620,26 +620,9 @@ class TracedPair(Pair):
 
 def run_pair(p: TracedPair, size: int) -> bool:
     """Data both ways and a close; False if losses made the handshake itself fail."""
-    p.a.open_passive()
-    p.b.remote_port = p.a.local_port
-    p.b.open_active(0.0)
-    p.run(until=300.0)
-    if not (p.a.state is State.ESTABLISHED and p.b.state is State.ESTABLISHED):
+    if not p.connect():
         return False
-    one = bytes(i % 253 for i in range(size))
-    two = bytes(i % 241 for i in range(size // 2))
-    sent_a = sent_b = 0
-    for _ in range(400):
-        if sent_a == len(two) and sent_b == len(one):
-            break
-        sent_b += p.b.send(one[sent_b:])
-        sent_a += p.a.send(two[sent_a:])
-        p.run(until=p.now + 5.0)
-    p.a.shutdown(p.now)
-    p.b.shutdown(p.now)
-    p.run(until=p.now + 600.0)
-    assert bytes(p.received["a"]) == one
-    assert bytes(p.received["b"]) == two
+    p.exchange(size)
     return True
 
 

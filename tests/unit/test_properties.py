@@ -129,25 +129,8 @@ def test_pair_with_every_option_survives_loss_duplication_and_reordering(
     config = replace(FULL, congestion=congestion, sack=sack, delayed_ack=0.04, quick_acks=4)
     p = Pair(config=config, a_iss=0xFFFF_FF00, b_iss=0x7FFF_FFF0)
     p.drop, p.duplicate, p.delay = drops, dups, delays
-    p.a.open_passive()
-    p.b.remote_port = p.a.local_port
-    p.b.open_active(0.0)
-    p.run(until=300.0)
-    assume(p.a.state is State.ESTABLISHED and p.b.state is State.ESTABLISHED)
-    one = bytes(i % 253 for i in range(size))
-    two = bytes(i % 241 for i in range(size // 2))
-    sent_a = sent_b = 0
-    for _ in range(400):
-        if sent_a == len(two) and sent_b == len(one):
-            break
-        sent_b += p.b.send(one[sent_b:])
-        sent_a += p.a.send(two[sent_a:])
-        p.run(until=p.now + 5.0)
-    p.a.shutdown(p.now)
-    p.b.shutdown(p.now)
-    p.run(until=p.now + 600.0)
-    assert bytes(p.received["a"]) == one
-    assert bytes(p.received["b"]) == two
+    assume(p.connect())
+    p.exchange(size)
     for name in ("a", "b"):
         for old, new in p.transitions(name):
             assert (old, new) in ALLOWED_TRANSITIONS
