@@ -1032,7 +1032,10 @@ class TcpConnection:
             self._on_new_ack(acked, now, ts[1] if ts else None)
         # RFC 6298 §5.2/§5.3: stop the timer when all is acknowledged, else restart it.
         if self.snd_una == self.snd_nxt:
-            self._rto_at = None
+            # A probe that filled a small window was ACKed with the window shut: data
+            # still waits, and only the persist timer will ask again (§3.8.6.1).
+            waiting = self._persisting and self.unsent > 0
+            self._rto_at = now + self.rtt.rto if waiting else None
             self._tlp_at = None
             self._reorder_at = None
         elif not self._persisting:

@@ -122,3 +122,19 @@ def test_data_for_an_orphan_is_answered_with_rst() -> None:
     sent = d.push(seg("P.", d.r(1), d.l(2), data=b"nobody reads this"))
     assert [s.flags for s in sent] == [Flags.RST]
     assert d.conn.state is State.CLOSED
+
+
+def test_persist_timer_survives_a_probe_acked_with_the_window_shut() -> None:
+    # A probe fills a small window and is ACKed with window 0: nothing is in flight,
+    # data still waits, and the persist timer must still be running to ask again.
+    d = established()
+    c = d.conn
+    d.push(seg(".", d.r(1), d.l(1), win=500), at=0.02)
+    c.send(b"a" * 5000)
+    d.flush()
+    d.fire_timer()
+    d.push(seg(".", d.r(1), d.l(501), win=0), at=d.now + 0.001)
+    assert c.unsent == 4500
+    assert "persist" in c.timers()
+    probe = d.fire_timer()
+    assert probe and len(probe[0].payload) == 1
