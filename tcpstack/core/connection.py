@@ -958,9 +958,10 @@ class TcpConnection:
                 # §3.2); counting it lets limited transmit (RFC 3042) and fast
                 # recovery send while the hole is being filled.
                 self._reno_sacked = min(self._reno_sacked + self.send_mss, self._rtxq.outstanding)
-            if window == 0 and self._persisting:
-                # The peer answered a zero-window probe: it is alive, so probing goes
-                # on without counting towards the give-up limit (RFC 9293 §3.8.6.1).
+            if window == 0 and (self._persisting or self.snd_wnd == 0):
+                # The peer answered a zero-window probe (or a retransmission into a
+                # window it shrank to zero): it is alive, so probing goes on without
+                # counting towards the give-up limit (RFC 9293 §3.8.6.1, SHLD-17).
                 self._retries = 0
 
         if seq.le(self.snd_una, ack) and (
@@ -986,12 +987,16 @@ class TcpConnection:
     def _update_window(self, seg: Segment) -> None:
         # A SYN's window is never scaled; every later one is (RFC 7323 §2.2).
         window = seg.window if seg.syn else seg.window << self.snd_wscale
+        reopened = window > 0 and self.snd_wnd == 0 and self.state.is_synchronized
         grew = window > self.snd_wnd
         self.snd_wnd = window
         self.snd_wl1 = seg.seq
         self.snd_wl2 = seg.ack
         self.max_snd_wnd = max(self.max_snd_wnd, window)
-        if grew and self._persisting:
+        if grew and self._persisting or reopened and self.snd_una != self.snd_nxt:
+            # Either the persist timer's window opened, or one the peer shrank to
+            # zero under data in flight (§3.8.6): that data was dropped, and waiting
+            # out a backed-off RTO for it would stall, so it goes again now.
             self._leave_persist()
 
     def _leave_persist(self) -> None:
@@ -1373,6 +1378,12 @@ class TcpConnection:
             lost = self._rtxq.first_lost()
             if lost is not None:
                 if budget <= 0 and not self._force_rtx:
+                    break
+                if lost.start != self.snd_una and seq.ge(
+                    lost.start, seq.add(self.snd_una, self.snd_wnd)
+                ):
+                    # Past a right edge the peer pulled back (§3.8.6): only the head
+                    # goes, as the probe of that window (Linux's tcp_retransmit_skb).
                     break
                 # A lost offload segment goes again only as far as cwnd allows.
                 room = max(budget - budget % mss, mss)

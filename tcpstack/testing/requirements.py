@@ -98,17 +98,15 @@ def _group(key: str, *rows: Requirement) -> tuple[Requirement, ...]:
 
 R = Requirement
 
-# Reasons shared by several rows.
+# Reasons and evidence shared by several rows.
+_FC = "tests/unit/test_flow_control.py::"
 _NO_URGENT = (
     "not implemented: URG and the urgent pointer are ignored on input and never sent; "
     "urgent octets arrive in line as ordinary data and there is no MSG_OOB"
 )
-_SHRINK_ABORT = (
-    "when the peer shrinks its window to zero with data in flight, our retransmissions "
-    "into it count towards max_retries although each is ACKed, so the connection is "
-    "aborted after 15 (seen with a fake clock); Linux keeps it open as long as ACKs come "
-    "(tcp_retransmit_timer); only a window that closes with nothing in flight gets the "
-    "persist timer, whose answered probes never count"
+_SHRUNK = (
+    f"{_FC}test_a_window_shrunk_to_zero_is_probed_for_as_long_as_the_peer_answers",
+    f"{_FC}test_a_window_shrunk_to_zero_still_times_out_when_the_peer_goes_quiet",
 )
 _NO_SOURCE_ROUTE = (
     "no source routing: IP options are skipped unread and never sent; source routing "
@@ -184,6 +182,7 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "§3.8.6",
             "After the peer shrinks its window, send no new data beyond the new right edge.",
             "met",
+            evidence=_SHRUNK,
             awaiting=("W-04",),
         ),
         R(
@@ -191,29 +190,34 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "§3.8.6",
             "After a shrink, keep retransmitting unacknowledged data inside the window.",
             "met",
+            evidence=_SHRUNK,
             awaiting=("W-04",),
         ),
         R(
             "SHLD-17",
             "§3.8.6",
             "Do not time the connection out because data beyond the right edge goes unACKed.",
-            "not met",
-            _SHRINK_ABORT,
+            "met",
+            evidence=_SHRUNK,
+            awaiting=("W-04",),
         ),
         R(
             "MUST-34",
             "§3.8.6",
             "Cope with a peer that shrinks its window, even if the usable window goes negative.",
             "met",
+            evidence=_SHRUNK,
             awaiting=("W-04",),
         ),
         R(
             "MUST-35",
             "§3.8.6",
             "Probe a window that shrank to zero the standard way, as any zero window.",
-            "not met",
-            "a window shrunk to zero with data in flight is probed by retransmissions that "
-            "count towards max_retries, so it ends in an abort (see SHLD-17)",
+            "met",
+            evidence=_SHRUNK,
+            note="a window shrunk to zero under data in flight is probed, as Linux does, "
+            "by retransmitting the segment at SND.UNA; a peer's answer resets the give-up "
+            "count, as for any window probe",
         ),
         R(
             "MUST-36",
@@ -229,25 +233,25 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "SHLD-29",
             "§3.8.6.1",
             "Send the first zero-window probe once the window has been zero for an RTO.",
-            "not met",
-            "untested: the persist timer starts at one RTO (probes at 0.2, 0.6, 1.4 s… with "
-            "a fake clock), but no test asserts when the first probe goes",
+            "met",
+            evidence=(f"{_FC}test_zero_window_probes_start_after_an_rto_and_back_off",),
         ),
         R(
             "SHLD-30",
             "§3.8.6.1",
             "Back off the interval between zero-window probes exponentially.",
-            "not met",
-            "untested: the interval doubles (seen with a fake clock), but no test asserts it",
+            "met",
+            evidence=(f"{_FC}test_zero_window_probes_start_after_an_rto_and_back_off",),
         ),
         R(
             "MUST-37",
             "§3.8.6.1",
             "Keep the connection open for as long as the peer answers the window probes.",
-            "not met",
-            "kept open while the window closes with nothing in flight (30 answered probes, "
-            "tested), but aborted when it shrinks to zero with data in flight (see SHLD-17)",
-            evidence=("tests/unit/test_established.py::test_zero_window_is_probed_with_one_byte",),
+            "met",
+            evidence=(
+                "tests/unit/test_established.py::test_zero_window_is_probed_with_one_byte",
+                *_SHRUNK,
+            ),
         ),
         R(
             "MUST-66",

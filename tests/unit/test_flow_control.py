@@ -6,7 +6,7 @@ from tcpstack.core import seq
 from tcpstack.core.events import ConnectionClosed, ConnectionTimedOut
 from tcpstack.core.segment import Flags
 from tcpstack.core.state import State
-from tests.unit.helpers import CONFIG, ISS, REMOTE_ISS, active, established, peer, seg
+from tests.unit.helpers import CONFIG, ISS, REMOTE_ISS, Driver, active, established, peer, seg
 
 R1 = REMOTE_ISS + 1
 
@@ -138,3 +138,56 @@ def test_persist_timer_survives_a_probe_acked_with_the_window_shut() -> None:
     assert "persist" in c.timers()
     probe = d.fire_timer()
     assert probe and len(probe[0].payload) == 1
+
+
+def _shrunk_to_zero_with_data_in_flight() -> Driver:
+    """The peer offered 10000 bytes, took the first 1000 of 4000 in flight and then
+    shrank its window to zero (RFC 9293 §3.8.6 lets a receiver do that)."""
+    d = established()
+    d.push(seg(".", d.r(1), d.l(1), win=10000), at=0.02)
+    d.conn.send(b"s" * 4000)
+    assert sum(len(s.payload) for s in d.flush()) == 4000
+    assert d.push(seg(".", d.r(1), d.l(1001), win=0), at=0.03) == []
+    return d
+
+
+def test_a_window_shrunk_to_zero_is_probed_for_as_long_as_the_peer_answers() -> None:
+    d = _shrunk_to_zero_with_data_in_flight()
+    c = d.conn
+    for _ in range(3 * c.config.max_retries):
+        probe = d.fire_timer()
+        # One retransmission from SND.UNA per timeout, never data past it (SHLD-15/16).
+        assert [(s.seq, len(s.payload) > 0) for s in probe] == [(d.l(1001), True)]
+        d.push(seg(".", d.r(1), d.l(1001), win=0), at=d.now + 0.001)
+    assert c.state is State.ESTABLISHED  # SHLD-17, MUST-37
+    # The window opens: what the peer dropped goes again at once, not after the
+    # backed-off retransmission timeout.
+    sent = d.push(seg(".", d.r(1), d.l(1001), win=10000), at=d.now + 0.001)
+    assert sent and sent[0].seq == d.l(1001)
+
+
+def test_a_window_shrunk_to_zero_still_times_out_when_the_peer_goes_quiet() -> None:
+    d = _shrunk_to_zero_with_data_in_flight()
+    for _ in range(d.conn.config.max_retries + 1):
+        d.fire_timer()
+    assert d.conn.state is State.CLOSED
+    assert ConnectionTimedOut() in d.events
+
+
+def test_zero_window_probes_start_after_an_rto_and_back_off() -> None:
+    d = established()
+    d.push(seg(".", d.r(1), d.l(1), win=0), at=0.02)
+    d.conn.send(b"waiting")
+    assert d.flush() == []
+    rto = d.conn.rtt.rto
+    sent_at = []
+    for _ in range(4):
+        assert d.fire_timer()
+        sent_at.append(d.now)
+        d.push(seg(".", d.r(1), d.l(1), win=0), at=d.now + 0.001)
+    # SHLD-29: the first probe one RTO after the window closed; SHLD-30: each wait
+    # twice the one before.
+    assert abs(sent_at[0] - (0.02 + rto)) < 1e-6
+    gaps = [b - a for a, b in zip(sent_at, sent_at[1:], strict=False)]
+    for shorter, longer in zip(gaps, gaps[1:], strict=False):
+        assert abs(longer - 2 * shorter) < 0.01
