@@ -40,6 +40,7 @@ from tcpstack.core.events import (
     ConnectionRefused,
     ConnectionReset,
     ConnectionTimedOut,
+    ConnectionUnreachable,
     Retransmitted,
     ReturnedToListen,
     StateChanged,
@@ -355,9 +356,12 @@ class Engine:
             self._transmit_frame(reply, "arp reply")
             self.stats["arp_replies"] += 1
 
-    def _on_icmp(self, icmp: wire.IcmpEcho, now: float) -> None:
+    def _on_icmp(self, icmp: wire.IcmpEcho | wire.IcmpError, now: float) -> None:
         if icmp.dst_ip != self.ip:
             self.stats["drop_not_our_ip"] += 1
+            return
+        if isinstance(icmp, wire.IcmpError):
+            self._on_icmp_error(icmp, now)
             return
         if icmp.type != 8:
             self.stats["icmp_ignored"] += 1
@@ -375,6 +379,23 @@ class Engine:
         )
         self._transmit_frame(reply, "icmp echo reply")
         self.stats["icmp_echo_replies"] += 1
+
+    def _on_icmp_error(self, icmp: wire.IcmpError, now: float) -> None:
+        """Hand an ICMP error to the connection whose segment it quotes (MUST-54)."""
+        self.stats["icmp_errors_in"] += 1
+        if icmp.quoted_src_ip != self.ip:
+            self.stats["drop_icmp_not_our_segment"] += 1
+            return
+        key = (icmp.quoted_dst_ip, icmp.quoted_dst_port, icmp.quoted_src_port)
+        flow = self.flows.get(key)
+        if flow is None:
+            self.stats["drop_icmp_no_connection"] += 1
+            return
+        try:
+            flow.conn.handle_icmp_error(icmp.type, icmp.code, icmp.quoted_seq, now)
+        except Exception as exc:  # a bug in one core must not take the others down
+            self._core_failed(flow, exc, now)
+        self.pump(flow, now)
 
     def _send_ip(
         self,
@@ -837,10 +858,18 @@ class Engine:
                 flow.error = flow.error or error
                 self.stats["connections_reset"] += 1
             case ConnectionTimedOut():
-                flow.error = flow.error or TimeoutError(
-                    errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT)
+                # Linux's tcp_write_err(): a soft error an ICMP message reported says
+                # more than ETIMEDOUT, so it is the one the application gets.
+                soft, flow.conn.soft_error = flow.conn.soft_error, 0
+                flow.error = flow.error or (
+                    OSError(soft, os.strerror(soft))
+                    if soft
+                    else TimeoutError(errno.ETIMEDOUT, os.strerror(errno.ETIMEDOUT))
                 )
                 self.stats["connections_timed_out"] += 1
+            case ConnectionUnreachable(errno=code):
+                flow.error = flow.error or OSError(code, os.strerror(code))
+                self.stats["connections_unreachable"] += 1
             case ReturnedToListen():
                 self.stats["half_open_reset"] += 1
             case ConnectionClosed():
@@ -910,6 +939,7 @@ class Engine:
                     if record is not None:
                         record = replace(record, segment=segment, note=f"rewritten by hook{name}")
         ip_id = next(self._ip_id) & 0xFFFF
+        ttl, tos = (conn.ip_ttl, conn.ip_tos) if conn is not None else (64, 0)
         # With an offloading link the kernel checksums data segments, and cuts those
         # longer than one MSS (our TSO) into MSS-sized ones.
         gso_size = 0
@@ -921,7 +951,7 @@ class Engine:
         def build(dst_mac: bytes) -> bytes:
             return wire.encode_tcp(
                 self.mac, dst_mac, self.ip, remote_ip, segment, ip_id=ip_id,
-                partial_checksum=bool(gso_size),
+                partial_checksum=bool(gso_size), ttl=ttl, tos=tos,
             )  # fmt: skip
 
         self.stats["tcp_out"] += 1
@@ -1014,8 +1044,10 @@ class Engine:
         self, remote_ip: str, remote_port: int, local_port: int, config: TcpConfig | None = None
     ) -> Flow:
         """Create and register an active-open connection (the caller opens it)."""
-        if ipaddress.IPv4Address(remote_ip) not in self.network:
-            raise OSError(errno.ENETUNREACH, f"{remote_ip} is not on {self.network}")
+        if remote_ip not in self._on_link:
+            # MUST-46: never open a connection to a broadcast, multicast or invalid
+            # address; Linux's connect() answers those with ENETUNREACH too.
+            raise OSError(errno.ENETUNREACH, f"{remote_ip} is not a host on {self.network}")
         iss = self.isn(self.ip, local_port, remote_ip, remote_port)
         conn = TcpConnection(
             config or self.config,

@@ -17,6 +17,12 @@ Value = int | str | bytes
 
 
 TCP_CONGESTION = getattr(_socket, "TCP_CONGESTION", 13)
+TCP_USER_TIMEOUT = getattr(_socket, "TCP_USER_TIMEOUT", 18)
+IP_TTL = (_socket.IPPROTO_IP, _socket.IP_TTL)
+IP_TOS = (_socket.IPPROTO_IP, _socket.IP_TOS)
+DEFAULT_TTL = 64  # Linux's net.ipv4.ip_default_ttl
+# The ECN bits of IP_TOS belong to the TCP, as on Linux; this one never sets them.
+_ECN_MASK = 0x03
 OPTIONS = {
     (_socket.IPPROTO_TCP, _socket.TCP_NODELAY),
     (_socket.SOL_SOCKET, _socket.SO_KEEPALIVE),
@@ -24,6 +30,9 @@ OPTIONS = {
     (_socket.IPPROTO_TCP, _socket.TCP_KEEPINTVL),
     (_socket.IPPROTO_TCP, _socket.TCP_KEEPCNT),
     (_socket.IPPROTO_TCP, TCP_CONGESTION),
+    (_socket.IPPROTO_TCP, TCP_USER_TIMEOUT),
+    IP_TTL,
+    IP_TOS,
     (_socket.SOL_SOCKET, _socket.SO_RCVBUF),
     (_socket.SOL_SOCKET, _socket.SO_SNDBUF),
     (_socket.SOL_SOCKET, _socket.SO_REUSEADDR),
@@ -63,6 +72,12 @@ def apply(conn: TcpConnection, key: Key, value: Value, now: float) -> None:
         conn.keepalive_probes = int(value)
     elif key == (_socket.IPPROTO_TCP, TCP_CONGESTION):
         conn.set_congestion(str(value))
+    elif key == (_socket.IPPROTO_TCP, TCP_USER_TIMEOUT):
+        conn.user_timeout = int(value) / 1000
+    elif key == IP_TTL:
+        conn.ip_ttl = DEFAULT_TTL if value == -1 else int(value)
+    elif key == IP_TOS:
+        conn.ip_tos = int(value) & ~_ECN_MASK & 0xFF
     # SO_RCVBUF / SO_SNDBUF size the connection when it is created (_buffers).
 
 
@@ -98,6 +113,9 @@ def read(
             (_socket.IPPROTO_TCP, _socket.TCP_KEEPINTVL): int(conn.keepalive_interval),
             (_socket.IPPROTO_TCP, _socket.TCP_KEEPCNT): conn.keepalive_probes,
             (_socket.IPPROTO_TCP, TCP_CONGESTION): conn.cc.name,
+            (_socket.IPPROTO_TCP, TCP_USER_TIMEOUT): round(conn.user_timeout * 1000),
+            IP_TTL: conn.ip_ttl,
+            IP_TOS: conn.ip_tos,
             (_socket.SOL_SOCKET, _socket.SO_RCVBUF): conn.config.receive_buffer,
             (_socket.SOL_SOCKET, _socket.SO_SNDBUF): conn.config.send_buffer,
         }
@@ -109,6 +127,10 @@ def read(
             (_socket.SOL_SOCKET, _socket.SO_SNDBUF),
         ):
             return 2 * int(value)
+        if key == IP_TTL and value == -1:
+            return DEFAULT_TTL
+        if key == IP_TOS:
+            return int(value) & ~_ECN_MASK & 0xFF
         return value
     defaults: dict[Key, Value] = {
         (_socket.IPPROTO_TCP, _socket.TCP_NODELAY): int(not config.nagle),
@@ -117,6 +139,9 @@ def read(
         (_socket.IPPROTO_TCP, _socket.TCP_KEEPINTVL): int(config.keepalive_interval),
         (_socket.IPPROTO_TCP, _socket.TCP_KEEPCNT): config.keepalive_probes,
         (_socket.IPPROTO_TCP, TCP_CONGESTION): config.congestion,
+        (_socket.IPPROTO_TCP, TCP_USER_TIMEOUT): 0,
+        IP_TTL: DEFAULT_TTL,
+        IP_TOS: 0,
         (_socket.SOL_SOCKET, _socket.SO_RCVBUF): config.receive_buffer,
         (_socket.SOL_SOCKET, _socket.SO_SNDBUF): config.send_buffer,
     }

@@ -428,8 +428,9 @@ class Socket:
     def setsockopt(self, level: int, optname: int, value: int | bytes | str, /) -> None:
         """The options of a kernel TCP socket that a userspace endpoint can honour:
         TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT,
-        TCP_CONGESTION, SO_RCVBUF and SO_SNDBUF. Set before connect() or listen(),
-        they apply to the connection (and, from a listener, to accepted ones).
+        TCP_CONGESTION, TCP_USER_TIMEOUT (milliseconds), IP_TTL, IP_TOS, SO_RCVBUF
+        and SO_SNDBUF. Set before connect() or listen(), they apply to the
+        connection (and, from a listener, to accepted ones); set later, from then on.
 
         Raises:
             OSError: ENOPROTOOPT for an option we do not implement, EINVAL for a
@@ -453,6 +454,10 @@ class Socket:
                 raise TypeError("an integer is required")
             if key in sockopts.POSITIVE and value < 1:
                 raise _oserror(errno.EINVAL, f"option {optname} must be at least 1")
+            if key == sockopts.IP_TTL and not (1 <= value <= 255 or value == -1):
+                raise _oserror(errno.EINVAL, "IP_TTL must be 1 to 255, or -1 for the default")
+            if optname == sockopts.TCP_USER_TIMEOUT and value < 0:
+                raise _oserror(errno.EINVAL, "TCP_USER_TIMEOUT must not be negative")
             stored = value
         with self._engine.lock:
             self._check_open()
@@ -469,8 +474,13 @@ class Socket:
         if key == (_socket.SOL_SOCKET, _socket.SO_ERROR):
             with self._engine.lock:
                 flow = self._flow
-                if flow is None or flow.error is None or self._error_reported:
+                if flow is None:
                     return 0
+                if flow.error is None or self._error_reported:
+                    # No pending error: report a soft one, once (Linux's sk_err_soft,
+                    # RFC 9293 MUST-47), such as an ICMP host unreachable.
+                    soft, flow.conn.soft_error = flow.conn.soft_error, 0
+                    return soft
                 self._error_reported = True
                 return flow.error.errno or errno.EIO
         if key == (_socket.SOL_SOCKET, _socket.SO_TYPE):

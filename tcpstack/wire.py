@@ -1,20 +1,22 @@
-"""Frame codec: Ethernet II carrying ARP, IPv4/TCP and IPv4/ICMP echo, to and from bytes.
+"""Frame codec: Ethernet II carrying ARP, IPv4/TCP and IPv4/ICMP, to and from bytes.
 
-Decoding turns one received frame into a ``TcpPacket``, ``ArpPacket`` or ``IcmpEcho``,
-or raises ``DecodeError`` whose ``reason`` names the drop counter to bump. Encoding
-builds complete frames, checksums included, from the same values.
+Decoding turns one received frame into a ``TcpPacket``, ``ArpPacket``, ``IcmpEcho`` or
+``IcmpError`` (an error quoting a TCP segment we sent), or raises ``DecodeError``
+whose ``reason`` names the drop counter to bump. Encoding builds complete frames,
+checksums included, from the same values.
 
 This runs once per segment in both directions, so it is written with precompiled
 ``struct.Struct`` objects and whole-buffer integer arithmetic for checksums. Scapy is
 only the reference the tests compare against and a pretty-printer for traces
 (``to_scapy``); nothing here calls it on the hot path.
 
-Limits, all deliberate: no VLAN tags, no IPv6, no IP options (dropped), no IP
-fragments (dropped; the peer is a local kernel that does path-MTU discovery), no
-ICMP other than echo request/reply. Frames may be longer than the IP total length
-(Ethernet minimum-size padding) and longer than the MTU (GSO super-frames a raw
-socket sees on a veth end); both are accepted. Encoders do not pad frames to the
-60-byte Ethernet minimum; veth and TAP do not need it.
+Limits, all deliberate: no VLAN tags, no IPv6, no IP options (skipped unread), no
+IP fragments (dropped; the peer is a local kernel that does path-MTU discovery), no
+ICMP but echo request/reply and the errors that quote a TCP segment (destination
+unreachable, source quench, time exceeded, parameter problem). Frames may be longer
+than the IP total length (Ethernet minimum-size padding) and longer than the MTU
+(GSO super-frames a raw socket sees on a veth end); both are accepted. Encoders do
+not pad frames to the 60-byte Ethernet minimum; veth and TAP do not need it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "DecodeError",
     "Decoded",
     "IcmpEcho",
+    "IcmpError",
     "TcpPacket",
     "decode_frame",
     "encode_arp",
@@ -56,6 +59,14 @@ PROTO_ICMP = 1
 PROTO_TCP = 6
 ICMP_ECHO_REPLY = 0
 ICMP_ECHO_REQUEST = 8
+ICMP_DEST_UNREACHABLE = 3
+ICMP_SOURCE_QUENCH = 4
+ICMP_TIME_EXCEEDED = 11
+ICMP_PARAMETER_PROBLEM = 12
+# The ICMP errors RFC 9293 §3.9.2.2 has TCP act on (or, for source quench, ignore).
+_ICMP_ERRORS = frozenset(
+    (ICMP_DEST_UNREACHABLE, ICMP_SOURCE_QUENCH, ICMP_TIME_EXCEEDED, ICMP_PARAMETER_PROBLEM)
+)
 ARP_REQUEST = 1
 ARP_REPLY = 2
 
@@ -77,6 +88,8 @@ DROP_REASONS: tuple[str, ...] = (
     "icmp_truncated",
     "icmp_bad_checksum",
     "icmp_unsupported",
+    "icmp_quote_truncated",
+    "icmp_quote_not_tcp",
     "tcp_truncated",
     "tcp_bad_offset",
     "tcp_bad_checksum",
@@ -99,6 +112,7 @@ _IP = struct.Struct("!BBHHHBBH4s4s")
 _TCP = struct.Struct("!HHIIBBHHH")
 _ARP = struct.Struct("!HHBBH6s4s6s4s")
 _ICMP = struct.Struct("!BBHHH")
+_QUOTED_TCP = struct.Struct("!HHI")
 # Headers of a whole frame in one struct, so an encoder packs once and concatenates once.
 _ETH_IP_TCP = struct.Struct("!6s6sHBBHHHBBH4s4sHHIIBBHHH")
 _ETH_IP_ICMP = struct.Struct("!6s6sHBBHHHBBH4s4sBBHHH")
@@ -166,7 +180,29 @@ class IcmpEcho:
     payload: bytes
 
 
-Decoded = TcpPacket | ArpPacket | IcmpEcho
+@dataclass(frozen=True, slots=True)
+class IcmpError:
+    """An ICMP error (destination unreachable, source quench, time exceeded, parameter
+    problem) about a TCP segment, with what it quotes of that segment: the addresses,
+    ports and sequence number that name the connection and show the message is about
+    data actually sent (RFC 5927 §4)."""
+
+    src_mac: bytes
+    dst_mac: bytes
+    src_ip: str
+    dst_ip: str
+    ttl: int
+    type: int
+    code: int
+    next_hop_mtu: int  # destination unreachable code 4 (RFC 1191), else 0
+    quoted_src_ip: str
+    quoted_dst_ip: str
+    quoted_src_port: int
+    quoted_dst_port: int
+    quoted_seq: int
+
+
+Decoded = TcpPacket | ArpPacket | IcmpEcho | IcmpError
 
 
 # --- checksums -------------------------------------------------------------------------
@@ -391,7 +427,7 @@ def _decode_icmp(
     dst: bytes,
     ttl: int,
     checksum_trusted: bool,
-) -> IcmpEcho:
+) -> IcmpEcho | IcmpError:
     if end - off < _ICMP_LEN:
         raise DecodeError("icmp_truncated", f"{end - off} bytes")
     # internet_checksum, not a bare remainder: an all-zero message sums to true zero
@@ -399,6 +435,8 @@ def _decode_icmp(
     if not checksum_trusted and internet_checksum(frame[off:end]):
         raise DecodeError("icmp_bad_checksum")
     icmp_type, code, _csum, ident, sequence = _ICMP.unpack_from(frame, off)
+    if icmp_type in _ICMP_ERRORS:
+        return _decode_icmp_error(frame, off, end, src_mac, dst_mac, src, dst, ttl, sequence)
     if (icmp_type != ICMP_ECHO_REPLY and icmp_type != ICMP_ECHO_REQUEST) or code != 0:
         raise DecodeError("icmp_unsupported", f"type {icmp_type} code {code}")
     return IcmpEcho(
@@ -414,6 +452,47 @@ def _decode_icmp(
     )
 
 
+def _decode_icmp_error(
+    frame: Buffer,
+    off: int,
+    end: int,
+    src_mac: bytes,
+    dst_mac: bytes,
+    src: bytes,
+    dst: bytes,
+    ttl: int,
+    last_word: int,
+) -> IcmpError:
+    """The quoted datagram: its IP header and at least the first 8 octets of TCP,
+    which hold the ports and the sequence number (RFC 792)."""
+    quote = off + _ICMP_LEN
+    if end - quote < _IP_LEN:
+        raise DecodeError("icmp_quote_truncated", f"{end - quote} bytes")
+    vihl = frame[quote]
+    qhlen = (vihl & 0x0F) * 4
+    if vihl >> 4 != 4 or qhlen < _IP_LEN or end - quote < qhlen + 8:
+        raise DecodeError("icmp_quote_truncated", f"{end - quote} bytes, ihl {vihl & 0x0F}")
+    _v, _tos, _total, _ident, _frag, _ttl, proto, _csum, qsrc, qdst = _IP.unpack_from(frame, quote)
+    if proto != PROTO_TCP:
+        raise DecodeError("icmp_quote_not_tcp", f"protocol {proto}")
+    sport, dport, seq = _QUOTED_TCP.unpack_from(frame, quote + qhlen)
+    return IcmpError(
+        src_mac,
+        dst_mac,
+        socket.inet_ntoa(src),
+        socket.inet_ntoa(dst),
+        ttl,
+        frame[off],
+        frame[off + 1],
+        last_word if frame[off] == ICMP_DEST_UNREACHABLE and frame[off + 1] == 4 else 0,
+        socket.inet_ntoa(qsrc),
+        socket.inet_ntoa(qdst),
+        sport,
+        dport,
+        seq,
+    )
+
+
 # --- encoding --------------------------------------------------------------------------
 
 
@@ -425,10 +504,12 @@ def encode_tcp(
     segment: Segment,
     *,
     ttl: int = 64,
+    tos: int = 0,
     ip_id: int = 0,
     partial_checksum: bool = False,
 ) -> bytes:
     """A complete Ethernet/IPv4/TCP frame for ``segment``, DF set as Linux sets it.
+    ``tos`` is the whole second octet of the IP header (DSCP and ECN bits).
 
     partial_checksum=True leaves the TCP checksum to the device, as checksum offload
     does: the field holds only the folded pseudo-header sum, uncomplemented, and the
@@ -456,7 +537,10 @@ def encode_tcp(
     dst = socket.inet_aton(dst_ip)
     addr_sum = int.from_bytes(src, "big") + int.from_bytes(dst, "big")
     ip_id &= 0xFFFF
-    ip_csum = _fold_complement(0x4500 + total + ip_id + _IP_DF + (ttl << 8) + PROTO_TCP + addr_sum)
+    tos &= 0xFF
+    ip_csum = _fold_complement(
+        0x4500 + tos + total + ip_id + _IP_DF + (ttl << 8) + PROTO_TCP + addr_sum
+    )
     seq = segment.seq & _MASK32
     ack = segment.ack & _MASK32
     flags = int(segment.flags)
@@ -480,7 +564,7 @@ def encode_tcp(
         src_mac,
         ETHERTYPE_IPV4,
         0x45,
-        0,
+        tos,
         total,
         ip_id,
         _IP_DF,

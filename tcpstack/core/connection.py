@@ -20,6 +20,7 @@ congestion control (RFC 5681, RFC 9438); window scaling, timestamps and PAWS
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass, replace
@@ -34,12 +35,14 @@ from tcpstack.core.events import (
     ConnectionRefused,
     ConnectionReset,
     ConnectionTimedOut,
+    ConnectionUnreachable,
     DataAcknowledged,
     DataReceived,
     EofReceived,
     Event,
     Retransmitted,
     ReturnedToListen,
+    SoftError,
     StateChanged,
 )
 from tcpstack.core.ratelimit import PerSecondLimit
@@ -69,6 +72,45 @@ _WORST_CASE_DELACK: Final = 0.2
 # RFC 7323 §5.5: a TS.Recent idle for 24 days is invalid for PAWS.
 _PAWS_IDLE: Final = 24 * 24 * 3600.0
 _TS_OPTION_BYTES: Final = 12  # NOP, NOP, kind 8, length 10
+
+# What an ICMP error about one of our segments means (RFC 9293 §3.9.2.2, RFC 1122
+# §4.2.3.9): the errno the application sees, as Linux reports it, and whether the
+# error is hard. Destination unreachable codes 0, 1 and 5 are soft (MUST-56); 2 to 4
+# are hard, except that "fragmentation needed" is path-MTU news (RFC 1191), not a
+# verdict on the connection; the codes after 5 are classed as Linux classes them.
+# Source quench (type 4) is absent: it is ignored (MUST-55, RFC 6633).
+_UNREACHABLE: Final[dict[int, tuple[int, bool]]] = {
+    0: (errno.ENETUNREACH, False),
+    1: (errno.EHOSTUNREACH, False),
+    2: (errno.ENOPROTOOPT, True),
+    3: (errno.ECONNREFUSED, True),
+    4: (errno.EMSGSIZE, False),
+    5: (errno.EOPNOTSUPP, False),
+    6: (errno.ENETUNREACH, True),
+    7: (errno.EHOSTDOWN, True),
+    8: (errno.ENONET, True),
+    9: (errno.ENETUNREACH, True),
+    10: (errno.EHOSTUNREACH, True),
+    11: (errno.ENETUNREACH, False),
+    12: (errno.EHOSTUNREACH, False),
+    13: (errno.EHOSTUNREACH, True),
+    14: (errno.EHOSTUNREACH, True),
+    15: (errno.EHOSTUNREACH, True),
+}
+_ICMP_DEST_UNREACHABLE: Final = 3
+_ICMP_TIME_EXCEEDED: Final = 11
+_ICMP_PARAMETER_PROBLEM: Final = 12
+
+
+def icmp_error_meaning(icmp_type: int, code: int) -> tuple[int, bool] | None:
+    """(errno, hard) for an ICMP error TCP acts on; None for one it ignores."""
+    if icmp_type == _ICMP_DEST_UNREACHABLE:
+        return _UNREACHABLE.get(code)
+    if icmp_type == _ICMP_TIME_EXCEEDED:
+        return errno.EHOSTUNREACH, False
+    if icmp_type == _ICMP_PARAMETER_PROBLEM:
+        return errno.EPROTO, False
+    return None
 
 
 class _ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -159,6 +201,15 @@ class TcpConnection:
         self.keepalive_idle = config.keepalive_idle
         self.keepalive_interval = config.keepalive_interval
         self.keepalive_probes = config.keepalive_probes
+        # TCP_USER_TIMEOUT (RFC 9293 §3.8.3, MUST-21): give up once the peer has shown
+        # no progress for this long, whatever the retry count; 0 leaves R2 alone.
+        self.user_timeout = 0.0
+        # The IP header fields of our segments (MUST-48, MUST-49). The core never
+        # reads them; they ride here so a socket option reaches every segment.
+        self.ip_ttl = 64
+        self.ip_tos = 0
+        # The last soft error an ICMP message reported (Linux's sk_err_soft).
+        self.soft_error = 0
 
         # Negotiated in the handshake (RFC 7323, RFC 2018).
         self.snd_wscale = 0
@@ -227,6 +278,7 @@ class TcpConnection:
         self._delack_at: float | None = None
         self._keepalive_at: float | None = None
         self._retries = 0
+        self._progress_at = 0.0  # when the peer last acknowledged or answered, for user_timeout
         self._rtt_seq: int | None = None  # sequence number being timed (Karn: one at a time)
         self._rtt_sent_at = 0.0
         self._persisting = False
@@ -525,14 +577,19 @@ class TcpConnection:
             State.SYN_SENT: self.config.syn_retries,
             State.SYN_RECEIVED: self.config.synack_retries,
         }.get(self.state, self.config.max_retries)
-        if self._retries >= limit:
+        user_deadline = self._progress_at + self.user_timeout if self.user_timeout else None
+        if self._retries >= limit or (user_deadline is not None and now >= user_deadline):
             # RFC 9293 §3.8.3: R2 reached, close the connection (Linux: ETIMEDOUT).
             self._rto_at = None
-            self._enter_closed("retransmission limit")
+            self._enter_closed("retransmission limit" if self._retries >= limit else "user timeout")
             self._events.append(ConnectionTimedOut())
             return
         self.rtt.back_off()
         self._rto_at = now + self.rtt.rto
+        if user_deadline is not None:
+            # The user timeout ends the connection on time, not at the next backed-off
+            # retransmission (Linux's tcp_clamp_rto_to_user_timeout).
+            self._rto_at = min(self._rto_at, user_deadline)
         self._rtt_seq = None  # Karn's rule: never time a retransmitted segment
         if not self.state.is_synchronized or seq.le(self.snd_una, self.iss):
             # Our SYN (or SYN-ACK) is unacknowledged: send it again. A FIN queued
@@ -597,6 +654,37 @@ class TcpConnection:
             self._keepalive_at = now + self.keepalive_idle
         else:
             self._keepalive_at = None
+
+    # -------------------------------------------------------------------- ICMP
+
+    def handle_icmp_error(self, icmp_type: int, code: int, seq_no: int, now: float) -> None:
+        """An ICMP error arrived quoting one of our segments, whose sequence number
+        is ``seq_no`` (RFC 9293 §3.9.2.2)."""
+        self.stats["icmp_errors_in"] += 1
+        meaning = icmp_error_meaning(icmp_type, code)
+        if meaning is None:
+            self.stats["icmp_ignored"] += 1  # source quench (MUST-55) and unknown codes
+            return
+        if (
+            self.state in (State.CLOSED, State.LISTEN, State.TIME_WAIT)
+            or seq.lt(seq_no, self.snd_una)
+            or seq.gt(seq_no, self.snd_nxt)
+        ):
+            # RFC 5927 §4.1: only a quote of data still in flight can be about this
+            # connection; anything else is stale or forged.
+            self.stats["drop_icmp_out_of_window"] += 1
+            return
+        error, hard = meaning
+        if hard and self.state is State.SYN_SENT:
+            # A hard error while opening ends the attempt (SHLD-26). In synchronized
+            # states it is taken as soft (RFC 5927 §7.2, as Linux does): a forged
+            # ICMP message must not be able to reset an established connection.
+            self._enter_closed(f"ICMP type {icmp_type} code {code}")
+            self._events.append(ConnectionUnreachable(error))
+            return
+        self.soft_error = error
+        self.stats["icmp_soft_errors"] += 1
+        self._events.append(SoftError(error))
 
     # ---------------------------------------------------------------- segments
 
@@ -715,6 +803,7 @@ class TcpConnection:
 
     def _established(self, cause: Segment, now: float) -> None:
         self._retries = 0
+        self._progress_at = now
         if self._syn_timed_out and self.rtt.srtt is None:
             self.rtt.rto = max(self.rtt.rto, _RTO_AFTER_SYN_TIMEOUT)
         else:
@@ -963,6 +1052,7 @@ class TcpConnection:
                 # window it shrank to zero): it is alive, so probing goes on without
                 # counting towards the give-up limit (RFC 9293 §3.8.6.1, SHLD-17).
                 self._retries = 0
+                self._progress_at = now
 
         if seq.le(self.snd_una, ack) and (
             seq.lt(self.snd_wl1, seg.seq) or (self.snd_wl1 == seg.seq and seq.le(self.snd_wl2, ack))
@@ -1030,6 +1120,7 @@ class TcpConnection:
         delivered = self._rtxq.acknowledge(ack)
         self._measure_rtt(seg, now)
         self._retries = 0
+        self._progress_at = now
         self._dupacks = 0
         self._tlp_armed = True
         if self.state.is_synchronized:
@@ -1320,6 +1411,8 @@ class TcpConnection:
         return out
 
     def _after_syn(self, now: float) -> None:
+        if self._retries == 0:
+            self._progress_at = now
         if self._rtt_seq is None and self._retries == 0:
             self._rtt_seq = seq.add(self.iss, 1)
             self._rtt_sent_at = now
@@ -1504,6 +1597,8 @@ class TcpConnection:
         if fin:
             flags |= Flags.FIN
         out.append(self._make(self.snd_nxt, self.rcv_nxt, flags, payload, now=now))
+        if self.snd_una == self.snd_nxt:
+            self._progress_at = now  # nothing was outstanding: the user timeout starts now
         end = seq.add(self.snd_nxt, n + (1 if fin else 0))
         self._rtxq.add(self.snd_nxt, end, fin, now)
         if self._rtt_seq is None and self._retries == 0:
@@ -1525,6 +1620,7 @@ class TcpConnection:
         and when it fires send what fits, or a one-byte probe into a closed window."""
         if not self._persisting and self.snd_una == self.snd_nxt:
             self._persisting = True
+            self._progress_at = now
             self._rto_at = now + self.rtt.rto
         if not self._probe_due:
             return False

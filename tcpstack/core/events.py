@@ -71,7 +71,8 @@ class ConnectionReset(Event):
 
 @dataclass(frozen=True, slots=True)
 class ConnectionTimedOut(Event):
-    """Retransmissions were exhausted (RFC 9293 §3.8.3, R2); the connection is CLOSED."""
+    """Retransmissions were exhausted (RFC 9293 §3.8.3, R2), or the user timeout
+    passed; the connection is CLOSED."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,3 +94,20 @@ class Retransmitted(Event):
     seq: int
     length: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SoftError(Event):
+    """An ICMP error reported trouble the connection may survive (RFC 9293 §3.9.2.2):
+    it goes on, and the error is the application's to read (SO_ERROR), and the one
+    reported should the connection later time out, as Linux does."""
+
+    errno: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionUnreachable(Event):
+    """An ICMP hard error ended the connection while it was opening; the connection
+    is CLOSED, and ``errno`` says why (ECONNREFUSED for a port unreachable)."""
+
+    errno: int

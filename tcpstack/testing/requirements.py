@@ -113,7 +113,9 @@ _NO_SOURCE_ROUTE = (
     "is deprecated (RFC 7126), and a Linux host drops source-routed datagrams by "
     "default (accept_source_route=0)"
 )
-_NO_DIFFSERV = "not implemented: every segment goes out with DSCP 0 and there is no IP_TOS"
+_IP = "tests/integration/test_icmp_and_ip.py::"
+_ICMP_UNIT = "tests/unit/test_icmp_and_user_timeout.py::"
+_MARKS = (f"{_IP}test_ttl_and_dscp_set_by_the_application_reach_the_wire",)
 
 REQUIREMENTS: Final[tuple[Requirement, ...]] = (
     *_group(
@@ -407,9 +409,8 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "MUST-67",
             "§3.7.1",
             "Announce an MSS no larger than the largest datagram we can receive, less 40.",
-            "not met",
-            "untested: the MSS is capped at the link MTU minus 40 (engine.with_link_mss), "
-            "but every test runs on a 1500-octet MTU",
+            "met",
+            evidence=(f"{_IP}test_the_mss_we_announce_follows_the_link_mtu",),
         ),
         R(
             "MUST-69",
@@ -695,8 +696,9 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "MUST-49",
             "§3.9.2",
             "Make the TTL of the segments we send configurable.",
-            "not met",
-            "not implemented: every segment goes out with TTL 64",
+            "met",
+            evidence=_MARKS,
+            note="IP_TTL, 64 by default as Linux's ip_default_ttl",
         ),
         R(
             "MUST-38",
@@ -747,10 +749,14 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "MUST-21",
             "§3.8.3",
             "Let the application set R2 for each connection.",
-            "not met",
-            "not implemented: max_retries and syn_retries are per stack (TcpConfig), with no "
-            "per-socket knob such as TCP_USER_TIMEOUT; settimeout() bounds only connect() "
-            "and waiting calls",
+            "met",
+            evidence=(
+                f"{_IP}test_the_user_timeout_ends_a_connection_and_names_the_icmp_error",
+                f"{_ICMP_UNIT}test_the_user_timeout_ends_a_connection_before_r2",
+                f"{_ICMP_UNIT}test_the_user_timeout_counts_from_the_last_progress",
+            ),
+            note="TCP_USER_TIMEOUT, in milliseconds as on Linux: the connection ends once "
+            "the peer has acknowledged nothing (and answered no probe) for that long",
         ),
         R(
             "SHLD-9",
@@ -770,9 +776,10 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "SHLD-11",
             "§3.8.3",
             "Set R2 to at least 100 seconds.",
-            "not met",
-            "untested: 15 retransmissions from a 200 ms RTO doubling to 120 s take over "
-            "13 minutes, but no test checks the defaults",
+            "met",
+            evidence=(
+                f"{_FC}test_defaults_keepalive_after_two_hours_and_r2_after_over_100_seconds",
+            ),
         ),
         R(
             "MUST-22",
@@ -822,9 +829,10 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "MUST-26",
             "§3.8.4",
             "Send a keep-alive only when nothing is outstanding and nothing came for a while.",
-            "not met",
-            "untested: a probe waits while data is in flight, and the idle timer restarts "
-            "on every acceptable ACK, but no test checks either",
+            "met",
+            evidence=(
+                f"{_FC}test_keepalive_waits_while_data_is_in_flight_and_restarts_on_every_ack",
+            ),
         ),
         R(
             "MUST-27",
@@ -840,8 +848,10 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "MUST-28",
             "§3.8.4",
             "Make that interval two hours or more by default.",
-            "not met",
-            "untested: TcpConfig.keepalive_idle defaults to 7200 s, but no test asserts it",
+            "met",
+            evidence=(
+                f"{_FC}test_defaults_keepalive_after_two_hours_and_r2_after_over_100_seconds",
+            ),
         ),
         R(
             "MUST-29",
@@ -905,39 +915,62 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "MUST-54",
             "§3.9.2.2",
             "Act on ICMP error messages, each for the connection it concerns.",
-            "not met",
-            "not implemented: every ICMP message but echo is dropped at decoding "
-            "(drop_icmp_unsupported), so no connection ever hears of one",
+            "met",
+            evidence=(
+                f"{_IP}test_a_port_unreachable_refuses_connect_at_once",
+                f"{_IP}test_a_host_unreachable_while_opening_is_soft_and_named_at_the_end",
+                f"{_IP}test_an_icmp_error_on_an_established_connection_is_reported_not_fatal",
+                f"{_ICMP_UNIT}test_an_error_quoting_data_not_in_flight_is_ignored",
+                "tests/unit/test_wire.py::test_icmp_errors_decode_what_they_quote",
+            ),
+            note="the quoted segment names the connection, and its sequence number must "
+            "lie in SND.UNA..SND.NXT (RFC 5927 §4.1), as Linux checks",
         ),
         R(
             "SHLD-25",
             "§3.9.2.2",
             "Pass ICMP soft errors on to the application.",
-            "not met",
-            "not implemented (see MUST-54)",
+            "met",
+            evidence=(
+                f"{_IP}test_an_icmp_error_on_an_established_connection_is_reported_not_fatal",
+                f"{_IP}test_the_user_timeout_ends_a_connection_and_names_the_icmp_error",
+            ),
         ),
         R(
             "MUST-56",
             "§3.9.2.2",
             "Do not abort on a soft error (unreachable 0, 1, 5; time exceeded; parameter problem).",
             "met",
-            evidence=("tests/unit/test_wire.py::test_drop_reason[icmp_unreachable]",),
-            note="Trivially: ICMP errors are dropped before any connection sees them.",
+            evidence=(
+                f"{_ICMP_UNIT}test_soft_unreachable_codes_never_abort",
+                f"{_IP}test_a_host_unreachable_while_opening_is_soft_and_named_at_the_end",
+            ),
+            note="Linux aborts a connection in SYN-SENT on any destination unreachable; "
+            "this endpoint keeps retransmitting its SYN, as the RFC asks",
         ),
         R(
             "SHLD-26",
             "§3.9.2.2",
             "Abort the connection on a hard ICMP error (destination unreachable 2 to 4).",
-            "not met",
-            "not implemented (see MUST-54)",
+            "deviated",
+            "only while the connection opens (SYN-SENT): once synchronized, a hard error "
+            "is taken as a soft one, as RFC 5927 §7.2 advises against blind reset attacks "
+            "and as Linux does; code 4 (fragmentation needed) is path-MTU news, never "
+            "fatal",
+            evidence=(
+                f"{_IP}test_a_port_unreachable_refuses_connect_at_once",
+                f"{_ICMP_UNIT}test_a_hard_error_in_a_synchronized_state_is_taken_as_soft",
+            ),
         ),
         R(
             "MUST-55",
             "§3.9.2.2",
             "Discard ICMP Source Quench silently.",
-            "not met",
-            "untested: Source Quench (type 4) is dropped by the rule that drops every "
-            "non-echo ICMP message, but no test sends one",
+            "met",
+            evidence=(
+                f"{_IP}test_source_quench_changes_nothing",
+                f"{_ICMP_UNIT}test_source_quench_is_ignored",
+            ),
         ),
     ),
     *_group(
@@ -946,10 +979,10 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "MUST-46",
             "§3.9.1.1",
             "Refuse to open a connection to a broadcast, multicast or invalid address.",
-            "not met",
-            "connect() to the subnet's broadcast address (198.18.0.255 in the lab) is not "
-            "refused: the stack tries to resolve it and open a connection; multicast and "
-            "off-link addresses fail with ENETUNREACH, untested",
+            "met",
+            evidence=(f"{_IP}test_connect_refuses_broadcast_multicast_and_the_network_address",),
+            note="ENETUNREACH, as Linux answers; the subnet's all-zeros address is refused "
+            "too, where Linux tries it as a host",
         ),
         R(
             "MUST-63",
@@ -977,38 +1010,44 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "MUST-47",
             "§3.9.1.8",
             "Report soft errors to the application.",
-            "not met",
-            "not implemented: ICMP errors are dropped, there is no urgent data, and "
-            "retransmissions show only as trace events (stack.subscribe), not through "
-            "the socket",
+            "met",
+            evidence=(
+                f"{_IP}test_an_icmp_error_on_an_established_connection_is_reported_not_fatal",
+                f"{_IP}test_the_user_timeout_ends_a_connection_and_names_the_icmp_error",
+            ),
+            note="as on Linux: SO_ERROR reports the last soft error once, and it is the "
+            "error of a connection that later times out; stack.subscribe shows "
+            "retransmissions as they happen",
         ),
         R(
             "SHLD-20",
             "§3.9.1.8",
             "Let the application turn error reports off.",
-            "not met",
-            "not implemented: there are no error reports to turn off (see MUST-47)",
+            "deviated",
+            "soft errors are never pushed at the application: it reads them when it asks "
+            "(SO_ERROR), so there is nothing to turn off; Linux has no switch either",
         ),
         R(
             "MUST-48",
             "§3.9.1.9",
             "Let the application set the Diffserv field of the segments it sends.",
-            "not met",
-            _NO_DIFFSERV,
+            "met",
+            evidence=_MARKS,
+            note="IP_TOS; the two ECN bits stay the TCP's (zero here), as on Linux",
         ),
         R(
             "SHLD-22",
             "§3.9.1.9",
             "Hand the current Diffserv value to IP unchanged.",
-            "not met",
-            _NO_DIFFSERV,
+            "met",
+            evidence=_MARKS,
         ),
         R(
             "SHLD-21",
             "§3.9.1.9",
             "Let the application change the Diffserv field during the connection.",
-            "not met",
-            _NO_DIFFSERV,
+            "met",
+            evidence=_MARKS,
         ),
         R(
             "SHLD-23",

@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 
+from tcpstack.config import TcpConfig
 from tcpstack.core import seq
 from tcpstack.core.events import ConnectionClosed, ConnectionTimedOut
 from tcpstack.core.segment import Flags
@@ -191,3 +192,37 @@ def test_zero_window_probes_start_after_an_rto_and_back_off() -> None:
     gaps = [b - a for a, b in zip(sent_at, sent_at[1:], strict=False)]
     for shorter, longer in zip(gaps, gaps[1:], strict=False):
         assert abs(longer - 2 * shorter) < 0.01
+
+
+def test_keepalive_waits_while_data_is_in_flight_and_restarts_on_every_ack() -> None:
+    # MUST-26: a probe only after the idle time passes with nothing outstanding.
+    d = established()
+    d.conn.keepalive_idle = 10.0
+    d.conn.set_keepalive(True, d.now)
+    d.advance(d.now + 8.0)
+    d.push(seg("P.", d.r(1), d.l(1), data=b"q"))  # traffic: the idle time starts again
+    d.advance(d.now + 9.0)
+    assert d.conn.stats["keepalive_probes"] == 0
+    d.conn.send(b"reply")
+    d.flush()
+    # Data in flight when the idle time ends: the retransmission timer watches the
+    # peer, and no keep-alive goes.
+    sent = d.advance(d.now + 10.5)
+    assert all(s.seq == d.l(1) and s.payload == b"reply" for s in sent)
+    assert d.conn.stats["keepalive_probes"] == 0
+    d.push(seg(".", d.r(2), d.l(6)))
+    at = d.now
+    (probe,) = d.advance(at + 10.0)
+    assert probe.payload == b"" and probe.seq == seq.add(d.l(6), -1)
+
+
+def test_defaults_keepalive_after_two_hours_and_r2_after_over_100_seconds() -> None:
+    # MUST-28: keep-alives, when on, wait two hours by default. SHLD-11: the default
+    # give-up point R2 is more than 100 s: sum the backed-off timeouts up to it.
+    assert TcpConfig().keepalive_idle >= 7200
+    config = TcpConfig()
+    rto, total = config.rto_min, 0.0
+    for _ in range(config.max_retries + 1):
+        total += rto
+        rto = min(2 * rto, config.rto_max)
+    assert total >= 100

@@ -152,12 +152,13 @@ def scapy_tcp(
     seg: Segment,
     *,
     ttl: int = 64,
+    tos: int = 0,
     ip_id: int = 0,
     padding: bytes = b"",
 ) -> bytes:
     pkt = (
         Ether(src=mac_str(src_mac), dst=mac_str(dst_mac))
-        / IP(src=src_ip, dst=dst_ip, ttl=ttl, id=ip_id, flags="DF")
+        / IP(src=src_ip, dst=dst_ip, ttl=ttl, tos=tos, id=ip_id, flags="DF")
         / TCP(
             sport=seg.src_port,
             dport=seg.dst_port,
@@ -228,12 +229,19 @@ def test_checksum_of_checksummed_data_is_zero(data: bytes) -> None:
 
 
 @SCAPY
-@given(macs, macs, any_ips, any_ips, segments, ttls, u16)
+@given(macs, macs, any_ips, any_ips, segments, ttls, u16, st.integers(0, 255))
 def test_encode_tcp_matches_scapy(
-    src_mac: bytes, dst_mac: bytes, src_ip: str, dst_ip: str, seg: Segment, ttl: int, ip_id: int
+    src_mac: bytes,
+    dst_mac: bytes,
+    src_ip: str,
+    dst_ip: str,
+    seg: Segment,
+    ttl: int,
+    ip_id: int,
+    tos: int,
 ) -> None:
-    ours = encode_tcp(src_mac, dst_mac, src_ip, dst_ip, seg, ttl=ttl, ip_id=ip_id)
-    assert ours == scapy_tcp(src_mac, dst_mac, src_ip, dst_ip, seg, ttl=ttl, ip_id=ip_id)
+    ours = encode_tcp(src_mac, dst_mac, src_ip, dst_ip, seg, ttl=ttl, tos=tos, ip_id=ip_id)
+    assert ours == scapy_tcp(src_mac, dst_mac, src_ip, dst_ip, seg, ttl=ttl, tos=tos, ip_id=ip_id)
 
 
 @SCAPY
@@ -538,6 +546,32 @@ def base_icmp(payload: bytes = b"ping") -> bytearray:
     )
 
 
+def icmp_error_frame(
+    icmp_type: int = 3, code: int = 3, *, quote_len: int = 28, quoted_proto: int = 6
+) -> bytes:
+    """An ICMP error from B about a TCP segment A sent, quoting ``quote_len`` bytes of
+    it (RFC 792 asks for the IP header and 8 octets), built by scapy."""
+    quoted = bytes(
+        IP(src=IP_A, dst=IP_B, proto=quoted_proto)
+        / TCP(sport=40000, dport=80, seq=123456, flags="S")
+    )[:quote_len]
+    return bytes(
+        Ether(src=MAC_B, dst=MAC_A)
+        / IP(src=IP_B, dst=IP_A)
+        / ICMP(type=icmp_type, code=code, nexthopmtu=1280 if code == 4 else 0)
+        / Raw(quoted)
+    )
+
+
+@pytest.mark.parametrize(("icmp_type", "code"), [(3, 0), (3, 1), (3, 3), (3, 4), (4, 0), (11, 0)])
+def test_icmp_errors_decode_what_they_quote(icmp_type: int, code: int) -> None:
+    packet = decode_frame(icmp_error_frame(icmp_type, code))
+    assert packet == wire.IcmpError(
+        MAC_B, MAC_A, IP_B, IP_A, 64, icmp_type, code, 1280 if (icmp_type, code) == (3, 4) else 0,
+        IP_A, IP_B, 40000, 80, 123456,
+    )  # fmt: skip
+
+
 def base_arp() -> bytearray:
     return bytearray(encode_arp(MAC_A, BROADCAST_MAC, 1, MAC_A, IP_A, bytes(6), IP_B))
 
@@ -621,7 +655,9 @@ BAD_FRAMES: list[tuple[str, Callable[[], bytes | bytearray], str]] = [
     ("udp", lambda: edit(base_tcp(), 23, b"\x11"), "ip_unsupported_protocol"),
     ("icmp_4_bytes", lambda: set_total_length(base_icmp(b""), 24), "icmp_truncated"),
     ("icmp_bad_checksum", lambda: edit(base_icmp(), 37, b"\x00", fix=False), "icmp_bad_checksum"),
-    ("icmp_unreachable", lambda: edit(base_icmp(), 34, b"\x03"), "icmp_unsupported"),
+    ("icmp_redirect", lambda: edit(base_icmp(), 34, b"\x05"), "icmp_unsupported"),
+    ("icmp_error_short_quote", lambda: icmp_error_frame(quote_len=27), "icmp_quote_truncated"),
+    ("icmp_error_quotes_udp", lambda: icmp_error_frame(quoted_proto=17), "icmp_quote_not_tcp"),
     ("icmp_echo_code_1", lambda: edit(base_icmp(), 35, b"\x01"), "icmp_unsupported"),
     ("tcp_19_bytes", lambda: set_total_length(base_tcp(b""), 39), "tcp_truncated"),
     ("data_offset_4", lambda: edit(base_tcp(), 46, b"\x40"), "tcp_bad_offset"),
