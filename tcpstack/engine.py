@@ -44,6 +44,7 @@ from tcpstack.core.events import (
     Retransmitted,
     ReturnedToListen,
     StateChanged,
+    UrgentDataArrived,
 )
 from tcpstack.core.ratelimit import PerSecondLimit
 from tcpstack.core.segment import Flags, Options, Segment
@@ -61,6 +62,7 @@ from tcpstack.trace import (
     TimerEvent,
     TraceEvent,
     TraceRecord,
+    UrgentEvent,
 )
 
 log = logging.getLogger("tcpstack.engine")
@@ -827,6 +829,8 @@ class Engine:
                 self._notify(
                     RetransmitEvent(now, local, remote, event.seq, event.length, event.reason)
                 )
+            elif isinstance(event, UrgentDataArrived):
+                self._notify(UrgentEvent(now, local, remote, event.pending))
         match event:
             case StateChanged(old=old, new=new):
                 if new is State.TIME_WAIT:

@@ -219,7 +219,7 @@ def _conversation(events: Iterable[TraceEvent], connection: Connection | None) -
             conv.states.append(event)
         elif isinstance(event, RetransmitEvent):
             conv.retransmits.append(event)
-        else:
+        elif isinstance(event, TimerEvent):
             conv.timers.append(event)
     # Time counts from the first segment, as in tcptrace; the connect() or
     # listen() before it shows at a small negative time.

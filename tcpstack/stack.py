@@ -506,6 +506,19 @@ class Socket:
             return None
         return (self._flow.remote_ip, self._flow.conn.remote_port)
 
+    def sockatmark(self) -> bool:
+        """True when the next byte recv() returns is the last urgent octet the peer
+        marked (POSIX sockatmark()). Urgent data stays in line, as with SO_OOBINLINE,
+        and a recv() never reads past the mark, so a loop can stop there."""
+        with self._engine.lock:
+            return self._flow is not None and self._flow.conn.at_urgent_mark
+
+    def urgent_pending(self) -> int:
+        """Bytes still to read up to and including the last urgent octet the peer
+        marked; 0 when no urgent data is ahead (RFC 9293 MUST-33)."""
+        with self._engine.lock:
+            return self._flow.conn.urgent_pending if self._flow is not None else 0
+
     def getsockname(self) -> Address:
         self._check_open()
         return self._local()
@@ -830,14 +843,17 @@ class Socket:
                 that was already reported.
             ConnectionResetError: the peer reset the connection.
             TimeoutError / BlockingIOError: no buffer space within the timeout.
+
+        flags may be MSG_OOB: the last byte taken is urgent (RFC 9293 §3.8.5).
         """
-        if flags:
-            raise _oserror(errno.EOPNOTSUPP, "send flags")
+        urgent = _send_flags(flags)
         with self._engine.lock:
-            n = self._send_locked(data, self._deadline())
+            n = self._send_locked(data, self._deadline(), urgent)
             return n
 
-    def _send_locked(self, data: bytes | bytearray | memoryview, deadline: float | None) -> int:
+    def _send_locked(
+        self, data: bytes | bytearray | memoryview, deadline: float | None, urgent: bool = False
+    ) -> int:
         flow = self._connected_flow()
         conn = flow.conn
 
@@ -853,22 +869,24 @@ class Socket:
         if flow.error is not None or not conn.state.can_send:
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
         try:
-            n = conn.send(data)
+            n = conn.send(data, urgent=urgent)
         except Exception as exc:  # InvalidStateError: our direction is closed
             raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE)) from exc
         self._engine.pump(flow, self._now())
         return n
 
     def sendall(self, data: bytes | bytearray | memoryview, flags: int = 0, /) -> None:
-        """Send all of data; the timeout bounds the whole call, as in CPython."""
-        if flags:
-            raise _oserror(errno.EOPNOTSUPP, "send flags")
+        """Send all of data; the timeout bounds the whole call, as in CPython.
+        With MSG_OOB the last byte of data is urgent."""
+        urgent = _send_flags(flags)
         view = memoryview(data).cast("B")
         deadline = self._deadline()
         offset = 0
         with self._engine.lock:
             while offset < len(view):
-                offset += self._send_locked(view[offset:], deadline)
+                # With MSG_OOB each take moves the mark to its last byte, so the
+                # mark ends on the last byte of data, as Linux's does.
+                offset += self._send_locked(view[offset:], deadline, urgent)
 
     def recv(self, bufsize: int, flags: int = 0, /) -> bytes:
         """Return up to bufsize bytes; b"" if and only if the peer's FIN was read.
@@ -880,8 +898,7 @@ class Socket:
         """
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
-        if flags:
-            raise _oserror(errno.EOPNOTSUPP, "recv flags")
+        _recv_flags(flags)
         with self._engine.lock:
             flow = self._recv_ready()
             if flow is None:
@@ -891,8 +908,7 @@ class Socket:
             return data
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
-        if flags:
-            raise _oserror(errno.EOPNOTSUPP, "recv flags")
+        _recv_flags(flags)
         view = memoryview(buffer).cast("B")
         if nbytes:
             view = view[:nbytes]
@@ -1138,3 +1154,18 @@ def recv_exactly(sock: _Readable, n: int) -> bytes:
             break
         data += chunk
     return data
+
+
+def _send_flags(flags: int) -> bool:
+    """Whether a send is urgent (MSG_OOB); any other flag is refused."""
+    if flags & ~_socket.MSG_OOB:
+        raise _oserror(errno.EOPNOTSUPP, "send flags")
+    return bool(flags)
+
+
+def _recv_flags(flags: int) -> None:
+    if flags == _socket.MSG_OOB:
+        # Urgent data is always in line, and Linux refuses MSG_OOB reads then.
+        raise _oserror(errno.EINVAL, "urgent data is in line (SO_OOBINLINE)")
+    if flags:
+        raise _oserror(errno.EOPNOTSUPP, "recv flags")

@@ -184,6 +184,29 @@ class RetransmitEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class UrgentEvent:
+    """The peer announced urgent data: `pending` bytes remain to be read up to and
+    including its last urgent octet (the asynchronous notice of RFC 9293 MUST-32)."""
+
+    time: float
+    local: Address
+    remote: Address
+    pending: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": "urgent",
+            "time": self.time,
+            "local": list(self.local),
+            "remote": list(self.remote),
+            "pending": self.pending,
+        }
+
+    def __str__(self) -> str:
+        return f"urgent data: {self.pending} bytes to the mark"
+
+
+@dataclass(frozen=True, slots=True)
 class FrameEvent:
     """A frame that is not one of a connection's segments: ARP, ICMP, a segment to
     no connection (and our RST to it), or a frame we dropped (`note` says why)."""
@@ -206,7 +229,7 @@ class FrameEvent:
         return f"frame {self.direction} {len(self.frame)} bytes {self.note}".rstrip()
 
 
-TraceEvent = SegmentEvent | StateEvent | TimerEvent | RetransmitEvent | FrameEvent
+TraceEvent = SegmentEvent | StateEvent | TimerEvent | RetransmitEvent | UrgentEvent | FrameEvent
 Subscriber = Callable[[TraceEvent], None]
 
 # The old name of SegmentEvent, kept for the ladder and scripts written against it.

@@ -44,6 +44,7 @@ from tcpstack.core.events import (
     ReturnedToListen,
     SoftError,
     StateChanged,
+    UrgentDataArrived,
 )
 from tcpstack.core.ratelimit import PerSecondLimit
 from tcpstack.core.reassembly import Reassembler
@@ -97,6 +98,9 @@ _UNREACHABLE: Final[dict[int, tuple[int, bool]]] = {
     14: (errno.EHOSTUNREACH, True),
     15: (errno.EHOSTUNREACH, True),
 }
+# Where RFC 9293 §3.10.7.4's sixth step reads the urgent pointer: not once the
+# peer has closed its side, when no more of its data can come.
+_URGENT_STATES: Final = frozenset((State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2))
 _ICMP_DEST_UNREACHABLE: Final = 3
 _ICMP_TIME_EXCEEDED: Final = 11
 _ICMP_PARAMETER_PROBLEM: Final = 12
@@ -238,6 +242,7 @@ class TcpConnection:
         self._buf_seq = seq.add(self.iss, 1)  # sequence number of _snd_buf[_snd_off]
         self._fin_queued = False  # the application will send no more
         self._fin_seq: int | None = None  # sequence number our FIN occupies once sent
+        self.snd_up: int | None = None  # SND.UP: after our last urgent octet, until acked
         self._syn_sent = False  # our SYN (or SYN-ACK) has been transmitted at least once
         self._syn_timed_out = False
         self._last_send = 0.0
@@ -265,6 +270,7 @@ class TcpConnection:
         self._rcv_buf = ByteQueue()
         self._ooo = Reassembler()
         self._fin_received = False
+        self.rcv_up: int | None = None  # RCV.UP: after the last urgent octet announced
         self._rcv_adv_edge = 0  # right edge (RCV.NXT + RCV.WND) we last advertised
         self._syn_window = 0  # the unscaled window our SYN or SYN-ACK offered
 
@@ -457,18 +463,54 @@ class TcpConnection:
         self._keepalive_sent = 0
         self._rearm_keepalive(now)
 
-    def send(self, data: bytes | bytearray | memoryview) -> int:
-        """Queue up to send_space bytes; returns how many were taken (maybe 0)."""
+    def send(self, data: bytes | bytearray | memoryview, *, urgent: bool = False) -> int:
+        """Queue up to send_space bytes; returns how many were taken (maybe 0).
+
+        urgent=True (MSG_OOB) makes the last byte taken urgent: the segments up to
+        it carry URG with a pointer to the octet after it (RFC 9293 §3.8.5, MUST-62),
+        until the peer acknowledges it."""
         if not self.state.can_send or self._fin_queued:
             raise InvalidStateError("send", self.state)
         n = min(len(data), self.send_space)
         if n:
             self._snd_buf += data[:n]
+            if urgent:
+                queued = len(self._snd_buf) - self._snd_off
+                self.snd_up = seq.add(self._buf_seq, queued)
+                self.stats["urgent_sent"] += 1
+        return n
+
+    @property
+    def urgent_pending(self) -> int:
+        """Bytes still to read up to and including the last urgent octet (MUST-33)."""
+        if self.rcv_up is None:
+            return 0
+        return max(seq.sub(self.rcv_up, self._read_seq), 0)
+
+    @property
+    def at_urgent_mark(self) -> bool:
+        """The next byte to read is the last urgent octet (sockatmark())."""
+        return self.rcv_up is not None and seq.add(self._read_seq, 1) == self.rcv_up
+
+    @property
+    def _read_seq(self) -> int:
+        """Sequence number of the next byte the application will read."""
+        end = seq.add(self.rcv_nxt, -1) if self._fin_received else self.rcv_nxt
+        return seq.add(end, -len(self._rcv_buf))
+
+    def _readable_before_mark(self, wanted: int) -> int:
+        """Reads stop at the last urgent octet, as Linux's do, so that the application
+        can tell with at_urgent_mark where the urgent data ends."""
+        n = min(wanted, len(self._rcv_buf))
+        if self.rcv_up is not None and n > 0:
+            before = seq.sub(self.rcv_up, self._read_seq) - 1
+            if 0 < before < n:
+                n = before
         return n
 
     def receive(self, max_bytes: int) -> bytes:
         """Take up to max_bytes of in-order data; reading may open the window."""
-        n = min(max_bytes, len(self._rcv_buf))
+        n = self._readable_before_mark(max_bytes)
         if n <= 0:
             return b""
         data = self._rcv_buf.take(n)
@@ -476,7 +518,7 @@ class TcpConnection:
         return data
 
     def receive_into(self, buffer: memoryview) -> int:
-        n = min(len(buffer), len(self._rcv_buf))
+        n = self._readable_before_mark(len(buffer))
         if n <= 0:
             return 0
         self._rcv_buf.take_into(buffer[:n])
@@ -894,10 +936,24 @@ class TcpConnection:
             self._keepalive_sent = 0
             self._rearm_keepalive(now)
 
-        # Sixth (URG) is not supported: urgent data is delivered inline.
+        # Sixth: URG. Urgent data stays in line (like SO_OOBINLINE); the pointer marks
+        # where it ends, and this runs with a zero window too (MUST-66).
+        if seg.flags & Flags.URG and self.state in _URGENT_STATES:
+            self._on_urgent(seg)
         # Seventh and eighth: text and FIN.
         if self.state.is_synchronized:
             self._accept_text(seg, seg.seq, now)
+
+    def _on_urgent(self, seg: Segment) -> None:
+        # The pointer is an offset to the octet after the urgent data (MUST-62).
+        up = seq.add(seg.seq, seg.urgent)
+        self.stats["urgent_received"] += 1
+        if self.rcv_up is not None and not seq.gt(up, self.rcv_up):
+            return
+        self.rcv_up = up
+        if seq.gt(up, self._read_seq):
+            # Tell the application at once (MUST-32), even before the data is here.
+            self._events.append(UrgentDataArrived(seq.sub(up, self._read_seq)))
 
     def _disordered_ack(self, seg: Segment, tsval: int) -> bool:
         """A pure duplicate ACK that was merely reordered: exempt from PAWS, as in
@@ -1117,6 +1173,8 @@ class TcpConnection:
                 self._events.append(DataAcknowledged(acked_data))
                 self.stats["bytes_acked"] += acked_data
         self.snd_una = ack
+        if self.snd_up is not None and seq.ge(ack, self.snd_up):
+            self.snd_up = None  # the urgent data arrived: leave urgent mode
         delivered = self._rtxq.acknowledge(ack)
         self._measure_rtt(seg, now)
         self._retries = 0
@@ -1678,6 +1736,13 @@ class TcpConnection:
             self._ack_due = False
             self._delack_at = None
             self._unacked_bytes = 0
+        urgent = 0
+        up = self.snd_up
+        if up is not None and seq.lt(seq_no, up):
+            # The pointer is 16 bits: an urgent octet further away than that is
+            # announced as 0xFFFF ahead, closer with each segment (Linux's form).
+            flags |= Flags.URG
+            urgent = min(seq.sub(up, seq_no), _MAX_FIELD)
         return Segment(
             self.local_port,
             self.remote_port,
@@ -1687,6 +1752,7 @@ class TcpConnection:
             field,
             options,
             payload,
+            urgent,
         )
 
     def _ts_value(self, now: float) -> int:

@@ -111,3 +111,12 @@ class ConnectionUnreachable(Event):
     is CLOSED, and ``errno`` says why (ECONNREFUSED for a port unreachable)."""
 
     errno: int
+
+
+@dataclass(frozen=True, slots=True)
+class UrgentDataArrived(Event):
+    """The peer's urgent pointer moved ahead of what the application has read
+    (RFC 9293 §3.8.5): ``pending`` bytes remain up to and including the last urgent
+    octet, which stays in line in the stream."""
+
+    pending: int

@@ -100,9 +100,10 @@ R = Requirement
 
 # Reasons and evidence shared by several rows.
 _FC = "tests/unit/test_flow_control.py::"
-_NO_URGENT = (
-    "not implemented: URG and the urgent pointer are ignored on input and never sent; "
-    "urgent octets arrive in line as ordinary data and there is no MSG_OOB"
+_URG = "tests/unit/test_urgent.py::"
+_URG_LINUX = (
+    "tests/integration/test_urgent.py::test_linux_finds_the_urgent_byte_we_mark",
+    "tests/integration/test_urgent.py::test_we_find_the_urgent_byte_linux_marks",
 )
 _SHRUNK = (
     f"{_FC}test_a_window_shrunk_to_zero_is_probed_for_as_long_as_the_peer_answers",
@@ -259,35 +260,66 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "MUST-66",
             "§3.4",
             "Process the RST and URG fields even when the receive window is zero.",
-            "not met",
-            "URG is never processed (urgent data is not supported, see MUST-30); a RST at "
-            "RCV.NXT is taken with a zero window, untested",
+            "met",
+            evidence=(
+                f"{_URG}test_urg_is_processed_with_a_zero_receive_window",
+                "tests/unit/test_established.py::test_zero_window_is_probed_with_one_byte",
+            ),
         ),
     ),
     *_group(
         "urgent",
-        R("MUST-30", "§3.8.5", "Support the urgent mechanism.", "not met", _NO_URGENT),
+        R(
+            "MUST-30",
+            "§3.8.5",
+            "Support the urgent mechanism.",
+            "met",
+            evidence=_URG_LINUX,
+            note="send(MSG_OOB) marks the last byte urgent; received urgent data stays in "
+            "line, as with SO_OOBINLINE on Linux, and recv(MSG_OOB) fails with EINVAL as "
+            "it does there",
+        ),
         R(
             "MUST-62",
             "§3.8.5",
             "The urgent pointer points at the first octet after the urgent data.",
-            "not met",
-            _NO_URGENT,
+            "met",
+            evidence=(
+                f"{_URG}test_the_pointer_received_marks_the_octet_after_the_urgent_data",
+                f"{_URG}test_urgent_data_sent_carries_the_pointer_until_acknowledged",
+                *_URG_LINUX,
+            ),
         ),
-        R("MUST-31", "§3.8.5", "Accept urgent data of any length.", "not met", _NO_URGENT),
+        R(
+            "MUST-31",
+            "§3.8.5",
+            "Accept urgent data of any length.",
+            "met",
+            evidence=(f"{_URG}test_urgent_data_of_any_length_and_a_pointer_ahead_of_the_data",),
+        ),
         R(
             "MUST-32",
             "§3.8.5",
             "Tell the application at once when urgent data arrives or its pointer advances.",
-            "not met",
-            _NO_URGENT,
+            "met",
+            evidence=(
+                f"{_URG}test_the_pointer_received_marks_the_octet_after_the_urgent_data",
+                "tests/integration/test_urgent.py::test_we_find_the_urgent_byte_linux_marks",
+            ),
+            note="an UrgentEvent to stack.subscribe() subscribers, as the pointer moves; "
+            "there is no SIGURG",
         ),
         R(
             "MUST-33",
             "§3.8.5",
             "Let the application learn how much urgent data remains to be read.",
-            "not met",
-            _NO_URGENT,
+            "met",
+            evidence=(
+                f"{_URG}test_the_pointer_received_marks_the_octet_after_the_urgent_data",
+                "tests/integration/test_urgent.py::test_we_find_the_urgent_byte_linux_marks",
+            ),
+            note="Socket.urgent_pending() counts the bytes to the mark, Socket.sockatmark() "
+            "says when the next byte is the last urgent one, and reads stop there",
         ),
         R(
             "SHLD-13",

@@ -51,11 +51,12 @@ def seg(
     mss: int | None = None,
     src: int = REMOTE_PORT,
     dst: int = LOCAL_PORT,
+    urg: int = 0,
 ) -> Segment:
     """A segment from the peer, e.g. seg("S.", REMOTE_ISS, LOCAL_ISS + 1, mss=1460)."""
     options = Options(mss=mss) if mss is not None else Options()
     return Segment(
-        src, dst, seq_no & seq.MASK, ack & seq.MASK, parse_flags(flags), win, options, data
+        src, dst, seq_no & seq.MASK, ack & seq.MASK, parse_flags(flags), win, options, data, urg
     )
 
 
