@@ -1161,6 +1161,10 @@ class TcpConnection:
         Returns the records this ACK delivered (for RACK)."""
         ack = seg.ack
         acked = seq.sub(ack, self.snd_una)
+        if seq.le(self.snd_una, self.iss):
+            # The SYN's sequence number is no data: counting it would grow the first
+            # flight of a passive open to 11 segments (RFC 5681 §3.1: IW counts data).
+            acked -= 1
         data_end = self._data_nxt()
         if seq.gt(ack, self._buf_seq):
             acked_data = min(seq.sub(ack, self._buf_seq), seq.sub(data_end, self._buf_seq))
@@ -1181,7 +1185,7 @@ class TcpConnection:
         self._progress_at = now
         self._dupacks = 0
         self._tlp_armed = True
-        if self.state.is_synchronized:
+        if self.state.is_synchronized and acked > 0:
             ts = seg.options.timestamps if self.ts_ok else None
             self._on_new_ack(acked, now, ts[1] if ts else None)
         # RFC 6298 §5.2/§5.3: stop the timer when all is acknowledged, else restart it.

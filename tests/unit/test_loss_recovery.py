@@ -9,7 +9,18 @@ import pytest
 from tcpstack.core import congestion, seq
 from tcpstack.core.reassembly import Reassembler
 from tcpstack.core.rtxqueue import Rack, RetransmitQueue
-from tests.unit.helpers import FULL, ISS, PEER_TS, REMOTE_ISS, Driver, active, peer
+from tests.unit.helpers import (
+    FULL,
+    ISS,
+    PEER_TS,
+    REMOTE_ISS,
+    Driver,
+    active,
+    established,
+    established_passive,
+    peer,
+    seg,
+)
 
 MSS = 1460
 R1 = REMOTE_ISS + 1
@@ -268,3 +279,14 @@ def test_retransmit_queue_tracks_pipe_through_sack_and_ack() -> None:
     assert q.pipe == 100
     assert [r.start for r in q.acknowledge(1250)] == [1000, 1100]
     assert q.outstanding == 150 and q.head is not None and q.head.start == 1250
+
+
+@pytest.mark.parametrize("opening", ["active", "passive"])
+def test_the_first_flight_is_ten_segments_whichever_side_opened(opening: str) -> None:
+    # RFC 6928's IW10 counts data: the ACK of a SYN must not grow cwnd (a passive
+    # open once sent 11 segments before any data ACK; found by scenario W-04's author).
+    d = established() if opening == "active" else established_passive()
+    d.push(seg(".", d.r(1), d.l(1), win=65535))
+    d.conn.send(b"f" * 30_000)
+    sent = d.flush()
+    assert len(sent) == 10 and all(len(s.payload) == 1460 for s in sent)
