@@ -47,6 +47,21 @@ class Craft:
     ip_flags_fragment: int = 0x4000  # DF, as Linux sends
     ttl: int = 64
     trailing: bytes = b""  # bytes after the IP packet, inside the frame
+    # Addresses other than the peer's and the device's own (a broadcast or multicast
+    # destination, a forged source); the TCP checksum is computed for them.
+    ip_source: str | None = None
+    ip_destination: str | None = None
+    mac_destination: bytes | None = None
+
+
+def craft_text(craft: Craft) -> str:
+    """What `craft` changes from a correct frame, for a transcript."""
+    default = Craft()
+    return ", ".join(
+        f"{name}={getattr(craft, name)!r}"
+        for name in craft.__dataclass_fields__
+        if getattr(craft, name) != getattr(default, name)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +92,9 @@ def build_frame(
     craft: Craft = Craft(),
 ) -> bytes:
     """An Ethernet/IPv4/TCP frame, correct unless `craft` says otherwise."""
+    src_ip = craft.ip_source or src_ip
+    dst_ip = craft.ip_destination or dst_ip
+    dst_mac = craft.mac_destination or dst_mac
     offset = 5 + len(options) // 4 if craft.data_offset is None else craft.data_offset
     src, dst = socket.inet_aton(src_ip), socket.inet_aton(dst_ip)
     tcp_len = _TCP.size + len(options) + len(payload)
@@ -119,6 +137,46 @@ def build_frame(
         ip_checksum = (ip_checksum + 1) & 0xFFFF
     ip = ip[:10] + struct.pack("!H", ip_checksum) + ip[12:]
     return _ETH.pack(dst_mac, src_mac, 0x0800) + ip + ip_opts + segment + craft.trailing
+
+
+def build_icmp_error(
+    src_mac: bytes,
+    dst_mac: bytes,
+    src_ip: str,
+    dst_ip: str,
+    *,
+    icmp_type: int,
+    code: int,
+    quote: bytes,
+    rest: int = 0,
+    ttl: int = 64,
+) -> bytes:
+    """An Ethernet/IPv4/ICMP error frame carrying `quote` (the offending packet's IP
+    header and the start of its payload); `rest` is the header's second word (the
+    next-hop MTU of a "fragmentation needed", the pointer of a parameter problem)."""
+    icmp = struct.pack("!BBHI", icmp_type & 0xFF, code & 0xFF, 0, rest & 0xFFFFFFFF) + quote
+    icmp = icmp[:2] + struct.pack("!H", wire.internet_checksum(icmp)) + icmp[4:]
+    ip = _IPV4.pack(
+        0x45,
+        0,
+        20 + len(icmp),
+        0,
+        0,
+        ttl,
+        wire.PROTO_ICMP,
+        0,
+        socket.inet_aton(src_ip),
+        socket.inet_aton(dst_ip),
+    )
+    ip = ip[:10] + struct.pack("!H", wire.internet_checksum(ip)) + ip[12:]
+    return _ETH.pack(dst_mac, src_mac, 0x0800) + ip + icmp
+
+
+def quote_of(frame: bytes, octets: int = 8) -> bytes:
+    """What an ICMP error quotes of an Ethernet/IPv4 frame: its IP header (options
+    included) and the first `octets` of its payload (RFC 792 asks for 8)."""
+    ihl = (frame[_ETH.size] & 0x0F) * 4
+    return frame[_ETH.size : _ETH.size + ihl + octets]
 
 
 class ScriptedPeer:
@@ -184,6 +242,19 @@ class ScriptedPeer:
         """build_frame() from this peer to the device under test."""
         return build_frame(self.mac, self.dut_mac, self.address, self.dut_address, **fields)
 
+    def icmp_error(self, icmp_type: int, code: int, quote: bytes, *, rest: int = 0) -> bytes:
+        """build_icmp_error() from this peer to the device under test."""
+        return build_icmp_error(
+            self.mac,
+            self.dut_mac,
+            self.address,
+            self.dut_address,
+            icmp_type=icmp_type,
+            code=code,
+            quote=quote,
+            rest=rest,
+        )
+
     def receive(self, timeout: float) -> Received | None:
         """The next TCP segment the device under test sent, or None after `timeout`."""
         deadline = _now() + timeout
@@ -196,7 +267,11 @@ class ScriptedPeer:
                 packet = wire.decode_frame(captured.frame, checksum_trusted=True)
             except wire.DecodeError:
                 continue
-            if not isinstance(packet, wire.TcpPacket) or packet.src_ip != self.dut_address:
+            if not isinstance(packet, wire.TcpPacket):
+                continue
+            # A segment to the peer from another address than the device's (an
+            # answer from a broadcast one, say) is still one for the script to see.
+            if packet.src_ip != self.dut_address and packet.dst_ip != self.address:
                 continue
             ok = True
             if not captured.checksum_partial:

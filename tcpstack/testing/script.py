@@ -46,7 +46,7 @@ from tcpstack.scenarios.harness import DutSocket
 from tcpstack.testing import notation
 from tcpstack.testing.dut import Dut, release_matches
 from tcpstack.testing.notation import SegmentSpec
-from tcpstack.testing.peer import Craft, Received, ScriptedPeer
+from tcpstack.testing.peer import Craft, Received, ScriptedPeer, craft_text, quote_of
 
 TOLERANCE = 0.5  # seconds either side of an expected segment's time (Python on 2 cores)
 PATIENCE = 5.0  # for "*": how long an expected segment may take
@@ -98,6 +98,7 @@ class Conversation:
         self.start = time.monotonic()
         self.last = self.start
         self.last_segment: Segment | None = None
+        self.last_received: Received | None = None  # the frame of last_segment
         self.sock: DutSocket | None = None
         self.listener: DutSocket | None = None
         self.read_offset = 0
@@ -144,6 +145,10 @@ class Conversation:
     def _log(self, when: float, text: str) -> None:
         self.transcript.append(f"{when - self.start:8.3f}  {text}")
 
+    def note(self, text: str, when: float | None = None) -> None:
+        """A line in the transcript, for what a scenario body checks itself."""
+        self._log(time.monotonic() if when is None else when, text)
+
     def fail(self, why: str) -> None:
         self._log(time.monotonic(), f"FAIL {why}")
         raise ScriptFailure(
@@ -157,6 +162,7 @@ class Conversation:
         self.sock = None
         self.read_offset = self.write_offset = 0
         self.last_segment = None
+        self.last_received = None
 
     # ------------------------------------------------------------ segments
 
@@ -194,8 +200,32 @@ class Conversation:
         # send() has even returned here.
         self.last = time.monotonic()
         self.peer.send(frame)
-        broken = f"  [{_craft_text(craft)}]" if craft != NO_CRAFT else ""
+        broken = f"  [{craft_text(craft)}]" if craft != NO_CRAFT else ""
         self._log(self.last, f"< {spec}{broken}")
+
+    def icmp(
+        self,
+        icmp_type: int,
+        code: int,
+        *,
+        about: Received | None = None,
+        rest: int = 0,
+        at: float | None = None,
+    ) -> None:
+        """Send an ICMP error from the peer about a segment the device sent (by default
+        the last one the script saw), quoting its IP header and first 8 octets."""
+        about = about or self.last_received
+        if about is None:
+            raise ValueError("script error: an ICMP error about what? The device sent nothing")
+        if at is not None and (delay := at - time.monotonic()) > 0:
+            time.sleep(delay)  # the script's own timing, not a wait for anything
+        frame = self.peer.icmp_error(icmp_type, code, quote_of(about.frame), rest=rest)
+        self.last = time.monotonic()
+        self.peer.send(frame)
+        self._log(
+            self.last,
+            f"< icmp type {icmp_type} code {code} about {self._describe(about.packet.segment)}",
+        )
 
     def expect(self, spec: str | SegmentSpec, *, at: float | None = None) -> Segment:
         """The device's next segment on the connection must match `spec`, around `at`."""
@@ -223,6 +253,7 @@ class Conversation:
             self.fail(f"> {text} came {earliest - got.time:.3f} s earlier than the script allows")
         self.last = got.time
         self.last_segment = seg
+        self.last_received = got
         return seg
 
     def quiet(self, seconds: float) -> None:
@@ -246,6 +277,7 @@ class Conversation:
             out.append(seg)
             self.last = got.time
             self.last_segment = seg
+            self.last_received = got
         return out
 
     def _next(self, deadline: float) -> Received | None:
@@ -282,7 +314,9 @@ class Conversation:
         write N, read N, shutdown wr|rd|rdwr, close [listener], linger0, nodelay,
         oobinline,
         state NAME[|NAME...] (the connection's, within the tolerance),
-        port N (the device's port, for scripts that open no socket), quiet SECONDS."""
+        port N (the device's port, for scripts that open no socket), quiet SECONDS,
+        icmp TYPE CODE [REST] (not a call: the peer sends an ICMP error about the
+        device's last segment, see `icmp`)."""
         body, _, expected = text.partition("->")
         words = body.split()
         verb = words[0]
@@ -293,6 +327,10 @@ class Conversation:
             return
         if verb == "state":
             self._check_state(words[1].split("|"))
+            return
+        if verb == "icmp":
+            rest = int(words[3], 0) if len(words) > 3 else 0
+            self.icmp(int(words[1]), int(words[2]), rest=rest)
             return
         if verb == "port":
             self.conn.dut_port = int(words[1])  # a port with no socket behind it
@@ -471,12 +509,3 @@ def _error_name(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "ECONNREFUSED"
     return f"{type(exc).__name__}: {exc}"
-
-
-def _craft_text(craft: Craft) -> str:
-    default = NO_CRAFT
-    return ", ".join(
-        f"{name}={getattr(craft, name)!r}"
-        for name in craft.__dataclass_fields__
-        if getattr(craft, name) != getattr(default, name)
-    )

@@ -8,7 +8,7 @@ from tcpstack import wire
 from tcpstack.core.segment import Flags, Options, Segment
 from tcpstack.testing import notation
 from tcpstack.testing.dut import release_matches
-from tcpstack.testing.peer import Craft, build_frame
+from tcpstack.testing.peer import Craft, build_frame, build_icmp_error, quote_of
 from tcpstack.testing.script import pattern
 
 MAC_A, MAC_B = b"\x02" * 6, b"\x04" * 6
@@ -76,6 +76,35 @@ def test_a_built_frame_decodes_as_written_and_a_crafted_one_does_not() -> None:
         with pytest.raises(wire.DecodeError) as refused:
             wire.decode_frame(broken)
         assert refused.value.reason == reason
+
+
+def test_a_crafted_frame_can_go_to_and_come_from_other_addresses() -> None:
+    fields = dict(src_port=1, dst_port=2, seq=7, ack=0, flags=2, window=512)
+    craft = Craft(
+        ip_source="198.18.0.9", ip_destination="224.0.0.1", mac_destination=wire.BROADCAST_MAC
+    )
+    frame = build_frame(MAC_A, MAC_B, "198.18.0.1", "198.18.0.2", craft=craft, **fields)  # type: ignore[arg-type]
+    packet = wire.decode_frame(frame)  # the checksum is right for the addresses used
+    assert isinstance(packet, wire.TcpPacket)
+    assert (packet.src_ip, packet.dst_ip, packet.dst_mac) == (
+        "198.18.0.9",
+        "224.0.0.1",
+        wire.BROADCAST_MAC,
+    )
+
+
+def test_an_icmp_error_quotes_the_ip_header_and_8_octets_of_the_segment() -> None:
+    fields = dict(src_port=1, dst_port=2, seq=7, ack=0, flags=2, window=512)
+    segment = build_frame(MAC_A, MAC_B, "198.18.0.2", "198.18.0.1", payload=b"x" * 100, **fields)  # type: ignore[arg-type]
+    quote = quote_of(segment)
+    assert quote == segment[14 : 14 + 20 + 8]
+    frame = build_icmp_error(
+        MAC_B, MAC_A, "198.18.0.1", "198.18.0.2", icmp_type=4, code=0, quote=quote
+    )
+    ip, icmp = frame[14:34], frame[34:]
+    assert ip[9] == wire.PROTO_ICMP and int.from_bytes(ip[2:4], "big") == 20 + len(icmp)
+    assert wire.internet_checksum(ip) == 0 and wire.internet_checksum(icmp) == 0
+    assert icmp[:2] == bytes((4, 0)) and icmp[8:] == quote
 
 
 def test_the_stream_pattern_has_no_short_repeats() -> None:
