@@ -108,10 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     conformance = sub.add_parser(
         "conformance",
-        help="run the scripted conformance scenarios against us and against Linux",
+        help="run the conformance scenarios: scripts against us and Linux, or their pytest tests",
     )
     conformance.add_argument(
-        "ids", nargs="*", help="scenario ids (e.g. H-03 A-01); default: every CI scenario"
+        "ids",
+        nargs="*",
+        help="scenario ids (e.g. H-03 R-08): their scripts and the tests mapped to them; "
+        "default: every CI script",
     )
     conformance.add_argument(
         "--dut", choices=("tcpstack", "linux", "both"), default="both", help="device under test"
@@ -119,7 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     conformance.add_argument(
         "--all", action="store_true", help="also the longer scenarios CI leaves out"
     )
-    conformance.add_argument("--list", action="store_true", help="list the scenarios and stop")
+    conformance.add_argument(
+        "--list", action="store_true", help="list every scenario with where it runs, and stop"
+    )
+    conformance.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="limit for the pytest run of one scenario's tests",
+    )
     conformance.add_argument(
         "--transcript", action="store_true", help="print each run's transcript, passed or not"
     )
