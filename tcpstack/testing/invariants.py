@@ -31,7 +31,10 @@ its own sequence space reaches. Numbering follows the conformance plan:
   it. A one-byte zero-window probe just past the edge is allowed (§3.8.6.1). SYN and
   FIN occupy sequence numbers but are not data, so they do not count.
 * I-6  The ACK field never moves backwards and never acknowledges more than the peer
-  has sent (its highest sequence number, SYN and FIN included).
+  has sent (its highest sequence number, SYN and FIN included). A received segment
+  that starts beyond the furthest right edge we advertised is unacceptable (RFC 9293
+  §3.10.7.4) and does not count as sent: a blind attacker's forged segments, far
+  off, are dropped by the endpoint and must not move that mark.
 * I-8  Once both SYNs carried timestamps, every segment but a RST carries one too
   (RFC 7323 §3.2), and without both it is never sent on a non-SYN segment; our TSval
   never decreases.
@@ -60,9 +63,10 @@ Limits, all deliberate:
 * Connections are keyed by (local, remote) address. A SYN with a new ISN, or any
   SYN once the previous connection on the key ended (a RST either way, a received
   segment or StateEvent that left it CLOSED, or both FINs acknowledged), starts
-  afresh. A received SYN with a different ISN on a live connection counts as a new
-  one only if the event's `irs` snapshot shows the endpoint took it; otherwise it
-  was challenged (RFC 5961 §4) and is ignored.
+  afresh. But a received SYN on a key already known (on a live connection, one with
+  a new ISN) starts afresh only if the event's `irs` snapshot shows the endpoint
+  took it; otherwise it was challenged (RFC 5961 §4) or, in TIME-WAIT, answered
+  with the old connection's ACK, and is ignored.
 
 Everything compares sequence numbers modulo 2**32 (tcpstack.core.seq), and offsets
 into our own sequence space are kept as unbounded integers from the ISS, so a
@@ -81,8 +85,10 @@ from tcpstack.core.segment import Segment
 from tcpstack.core.state import State
 from tcpstack.trace import Address, SegmentEvent, StateEvent, TraceEvent
 
-__all__ = ["MAX_VIOLATIONS", "TraceChecker", "Violation", "check_events"]
+__all__ = ["INVARIANTS", "MAX_VIOLATIONS", "TraceChecker", "Violation", "check_events"]
 
+# The ids of the invariants checked here, as Violation.invariant names them.
+INVARIANTS = ("I-1", "I-2", "I-3", "I-4", "I-6", "I-8", "I-10", "I-15")
 MAX_VIOLATIONS = 100
 # Sampled bytes kept per connection for the retransmission comparison of I-3.
 _SAMPLES = 32
@@ -130,6 +136,8 @@ class _Conn:
         "tsval",
         "our_wscale",
         "our_ts",
+        "our_shift",
+        "our_edge",
         "irs",
         "peer_max",
         "peer_fin",
@@ -153,6 +161,8 @@ class _Conn:
         self.tsval: int | None = None
         self.our_wscale = False
         self.our_ts = False
+        self.our_shift = 0  # the window scale our SYN offered, capped at 14
+        self.our_edge: int | None = None  # furthest right edge we advertised
         # The peer's side; irs is set only from its SYN.
         self.irs: int | None = None
         self.peer_max = 0  # just past the highest sequence number the peer sent
@@ -178,13 +188,14 @@ class TraceChecker:
     It runs on the engine's thread for every segment, so the common path is a few
     integer comparisons; frames are only summed when they are present and
     `check_checksums` is on. Violations past the first MAX_VIOLATIONS are counted
-    in `dropped`, not kept.
+    in `dropped`, not kept; `counts` has every violation, kept or not, by invariant.
     """
 
     def __init__(self, *, check_checksums: bool = True) -> None:
         self.check_checksums = check_checksums
         self.violations: list[Violation] = []
         self.dropped = 0
+        self.counts: dict[str, int] = {}
         self._conns: dict[tuple[Address, Address], _Conn] = {}
 
     # ------------------------------------------------------------------ input
@@ -211,6 +222,7 @@ class TraceChecker:
         return lines
 
     def _flag(self, invariant: str, event: SegmentEvent, text: str) -> None:
+        self.counts[invariant] = self.counts.get(invariant, 0) + 1
         if len(self.violations) >= MAX_VIOLATIONS:
             self.dropped += 1
             return
@@ -225,7 +237,13 @@ class TraceChecker:
         c = self._conns.get(key)
         if f & _SYN:
             if not f & _ACK:
-                if c is None or c.ended:
+                if c is None:
+                    c = self._conns[key] = _Conn()
+                elif c.ended:
+                    if ev.irs != s.seq:
+                        # Not taken: TIME-WAIT answers an unacceptable SYN with an
+                        # ACK of the old connection (RFC 9293 §3.10.7.4), nothing new.
+                        return
                     c = self._conns[key] = _Conn()
                 elif c.irs is None:
                     if c.iss is None:  # only context from before: nothing to keep
@@ -255,7 +273,11 @@ class TraceChecker:
                 return  # not accepted (out of window, or challenged): no context
             c.ended = True
             return
-        if c.irs is not None:
+        # A segment starting beyond the furthest edge we offered is not acceptable
+        # (RFC 9293 §3.10.7.4): the endpoint drops it, so it extends nothing. Forged
+        # segments far off (a blind attacker's) would otherwise move peer_max by up
+        # to 2**31 and make every later ACK look beyond it, modulo 2**32.
+        if c.irs is not None and (c.our_edge is None or not seq.gt(s.seq, c.our_edge)):
             fin_at = seq.add(s.seq, len(s.payload) + (1 if f & _SYN else 0))
             end = seq.add(fin_at, 1) if f & _FIN else fin_at
             if seq.gt(end, c.peer_max):
@@ -319,6 +341,7 @@ class TraceChecker:
             if c.iss is None:
                 c.iss = c.snd_max = s.seq
             c.our_wscale = opts.wscale is not None
+            c.our_shift = min(opts.wscale, _MAX_WSCALE) if opts.wscale is not None else 0
             c.our_ts = opts.timestamps is not None
             if f & _ACK and c.irs is not None:
                 offered = []
@@ -432,6 +455,13 @@ class TraceChecker:
             elif not held:
                 c.last_ack = ack
             if irs is not None:
+                # Our window, for the acceptability of what the peer sends next.
+                if not syn and c.our_wscale and c.peer_wscale is not None:
+                    edge = seq.add(ack, s.window << c.our_shift)
+                else:
+                    edge = seq.add(ack, s.window)
+                if c.our_edge is None or seq.gt(edge, c.our_edge):
+                    c.our_edge = edge
                 if seq.gt(ack, c.peer_max):
                     self._flag(
                         "I-6",
@@ -509,18 +539,19 @@ class TraceChecker:
             pseudo = (
                 int.from_bytes(view[_ETH_LEN + 12 : tcp_at], "big") % 0xFFFF + _PROTO_TCP + tcp_len
             )
-            if wire.internet_checksum(view[tcp_at:end], pseudo):
-                field = (frame[tcp_at + 16] << 8) | frame[tcp_at + 17]
-                # Offload leaves the uncomplemented pseudo-header sum for the device.
-                partial = 0xFFFF - wire.internet_checksum(b"", pseudo)
-                if field != partial:
-                    zeroed = (
-                        bytes(view[tcp_at : tcp_at + 16]) + b"\0\0" + bytes(view[tcp_at + 18 : end])
-                    )
-                    right = wire.internet_checksum(zeroed, pseudo)
-                    self._flag(
-                        "I-1", ev, f"TCP checksum 0x{field:04x} is wrong (should be 0x{right:04x})"
-                    )
+            field = (frame[tcp_at + 16] << 8) | frame[tcp_at + 17]
+            # Offload leaves the uncomplemented pseudo-header sum for the device. That
+            # is checked first: it needs no pass over the segment, and offloaded
+            # frames are the large ones (64 KiB TSO segments).
+            partial = 0xFFFF - wire.internet_checksum(b"", pseudo)
+            if field != partial and wire.internet_checksum(view[tcp_at:end], pseudo):
+                zeroed = (
+                    bytes(view[tcp_at : tcp_at + 16]) + b"\0\0" + bytes(view[tcp_at + 18 : end])
+                )
+                right = wire.internet_checksum(zeroed, pseudo)
+                self._flag(
+                    "I-1", ev, f"TCP checksum 0x{field:04x} is wrong (should be 0x{right:04x})"
+                )
         reserved = frame[tcp_at + 12] & 0x0F
         if reserved:
             self._flag("I-15", ev, f"reserved header bits set: 0x{reserved:x}")

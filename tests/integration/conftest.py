@@ -10,16 +10,27 @@ After every test the kernel is asked what it saw (tcpstack.testing.oracle): the
 watched counters of every lab the test used, read as each lab is removed, must not
 have moved unless the test allows them with `@pytest.mark.nstat_allows(...)`. Labs
 made by a child process (the CLI, examples) are not seen.
+
+Every Stack the test makes in this process, whichever way (Lab.stack(), Stack(...)
+in a helper, a transfer or a scenario), also has what it puts on the wire checked by
+a TraceChecker (tcpstack.testing.invariants) from its creation on; a stack that
+outlives a test (a module's) is checked by each test for what happened during it.
+An invariant the test breaks on purpose is allowed with
+`@pytest.mark.trace_allows(...)`. Stacks made by a child process are not seen.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +38,7 @@ from tcpstack import lab as lab_module
 from tcpstack import netns
 from tcpstack.stack import Stack
 from tcpstack.testing import oracle
+from tcpstack.testing.invariants import INVARIANTS, TraceChecker
 from tests.integration.kernel import open_stack
 from tests.integration.report import REPORT
 
@@ -64,6 +76,21 @@ def _needs_root() -> None:
         pytest.skip("network namespace tests need root")
 
 
+def _marker_applies(node: pytest.Item, marker: pytest.Mark, conditions: dict[str, Any]) -> bool:
+    """Whether MARKER's CONDITIONS (its keyword arguments other than the ones the
+    marker itself uses) match the test's parametrization: `case=("a", "b")` applies
+    only where the parameter `case` is "a" or "b"."""
+    callspec = getattr(node, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    applies = True
+    for name, wanted in conditions.items():
+        if name not in params:
+            pytest.fail(f"{marker.name}: the test has no parameter {name!r}", pytrace=False)
+        values = wanted if isinstance(wanted, tuple | list | set | frozenset) else (wanted,)
+        applies = applies and params[name] in values
+    return applies
+
+
 def _allowed_counters(node: pytest.Item) -> tuple[set[str], dict[str, set[str]]]:
     """The counters the test's nstat_allows markers name: those allowed in every
     kernel, and those allowed in one kernel only.
@@ -72,8 +99,6 @@ def _allowed_counters(node: pytest.Item) -> tuple[set[str], dict[str, set[str]]]
     oracle.kernels). Other keyword arguments limit it to some parametrizations:
     `nstat_allows("TcpInCsumErrors", case=("a", "b"))` applies only where the
     parameter `case` is "a" or "b"."""
-    callspec = getattr(node, "callspec", None)
-    params = callspec.params if callspec is not None else {}
     allowed: set[str] = set()
     allowed_in: dict[str, set[str]] = {}
     named: set[str] = set()
@@ -83,13 +108,7 @@ def _allowed_counters(node: pytest.Item) -> tuple[set[str], dict[str, set[str]]]
         kernel = conditions.pop("kernel", None)
         if kernel is not None and kernel not in oracle.KERNELS:
             pytest.fail(f"nstat_allows: kernel must be one of {oracle.KERNELS}", pytrace=False)
-        applies = True
-        for name, wanted in conditions.items():
-            if name not in params:
-                pytest.fail(f"nstat_allows: the test has no parameter {name!r}", pytrace=False)
-            values = wanted if isinstance(wanted, tuple | list | set | frozenset) else (wanted,)
-            applies = applies and params[name] in values
-        if applies:
+        if _marker_applies(node, marker, conditions):
             target = allowed if kernel is None else allowed_in.setdefault(kernel, set())
             target.update(marker.args)
     try:
@@ -125,6 +144,149 @@ def kernel_oracle(request: pytest.FixtureRequest, _needs_root: None) -> Iterator
         # The fixture's own frames say nothing; the report says it all.
         __tracebackhide__ = True
         raise AssertionError(report)
+
+
+# -- the wire-trace checker on every stack --------------------------------------------
+
+
+# A checker's counts by invariant, and how many violations it had kept, at some moment.
+_Counts = tuple[dict[str, int], int]
+
+
+class _StackWatch:
+    """Gives every Stack made while an integration test runs a TraceChecker.
+
+    Stack.__init__ is wrapped from the setup of each test of this directory to the
+    end of its teardown (so a module's stack, made in the setup of its first test,
+    is seen too, and unit tests running in the same session are not touched). The
+    wrapper subscribes the checker as soon as the stack exists, before it can have a
+    connection. Checkers of stacks still alive are kept (weakly, by stack) so that a
+    later test checks only the violations that came after it began."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._live: weakref.WeakKeyDictionary[Stack, TraceChecker] = weakref.WeakKeyDictionary()
+        # Stacks alive when the test began, with their checkers' counts then; and
+        # the checkers of stacks made during the test, kept even once their stack is
+        # gone. None between tests.
+        self._before: list[tuple[Stack, TraceChecker, _Counts]] | None = None
+        self._made: list[tuple[str, TraceChecker]] = []
+        self._patch: pytest.MonkeyPatch | None = None
+        self._check_new = True
+
+    def begin(self, check_new: bool = True) -> None:
+        """Start a test; with check_new False the stacks it makes get no checker."""
+        with self._lock:
+            self._check_new = check_new
+            self._before = [
+                (s, c, (dict(c.counts), len(c.violations))) for s, c in self._live.items()
+            ]
+            self._made = []
+        if self._patch is None:
+            self._patch = pytest.MonkeyPatch()
+            original = Stack.__init__
+
+            @functools.wraps(original)
+            def init(stack: Stack, *args: Any, **kwargs: Any) -> None:
+                original(stack, *args, **kwargs)
+                self._new(stack)
+
+            self._patch.setattr(Stack, "__init__", init)
+
+    def _new(self, stack: Stack) -> None:
+        if not self._check_new:
+            return
+        checker = TraceChecker()
+        stack.subscribe(checker)
+        with self._lock:
+            if self._before is None:
+                stack.unsubscribe(checker)  # made after the test ended
+                return
+            self._live[stack] = checker
+            self._made.append((f"{stack.interface} ({stack.address})", checker))
+
+    def end(self) -> list[tuple[str, TraceChecker, _Counts]]:
+        """Each checker that ran during the test, with its counts before the test.
+        Stacks still open are synced first, so every frame they sent is checked."""
+        with self._lock:
+            before, made = self._before or [], self._made
+            self._before, self._made = None, []
+        for stack, _, _ in before:
+            stack.sync()
+        seen = [(f"{s.interface} ({s.address}, made before this test)", c, n) for s, c, n in before]
+        return seen + [(name, c, ({}, 0)) for name, c in made]
+
+    def stop(self) -> None:
+        """Unwrap Stack.__init__ (after the test's teardown)."""
+        if self._patch is not None:
+            self._patch.undo()
+            self._patch = None
+
+
+_WATCH = _StackWatch()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _WATCH.begin(check_new=item.get_closest_marker("no_trace_check") is None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    __tracebackhide__ = True
+    try:
+        return (yield)
+    finally:
+        _WATCH.stop()
+
+
+# Violations shown per stack when a test fails; the rest are only counted.
+_SHOWN = 20
+
+
+def _allowed_invariants(node: pytest.Item) -> set[str]:
+    """The invariants the test's trace_allows markers name, for its parametrization
+    (keyword arguments as for nstat_allows)."""
+    allowed: set[str] = set()
+    for marker in node.iter_markers("trace_allows"):
+        unknown = sorted(set(marker.args) - set(INVARIANTS))
+        if unknown:
+            pytest.fail(
+                f"trace_allows: not checked by TraceChecker: {', '.join(unknown)}", pytrace=False
+            )
+        if _marker_applies(node, marker, dict(marker.kwargs)):
+            allowed.update(marker.args)
+    return allowed
+
+
+@pytest.fixture(autouse=True)
+def trace_invariants(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails the test if a Stack it used put on the wire a segment breaking an
+    invariant of tcpstack.testing.invariants that its trace_allows markers do not
+    name. Torn down after the test's own fixtures, whose stacks are closed by then."""
+    allowed = _allowed_invariants(request.node)
+    yield
+    lines = []
+    for name, checker, (counts, kept) in _WATCH.end():
+        broken = {
+            inv: n - counts.get(inv, 0)
+            for inv, n in checker.counts.items()
+            if inv not in allowed and n > counts.get(inv, 0)
+        }
+        if not broken:
+            continue
+        shown = [v for v in checker.violations[kept:] if v.invariant in broken]
+        lines.append(
+            f"  stack on {name}: " + ", ".join(f"{inv} x{n}" for inv, n in sorted(broken.items()))
+        )
+        lines += [f"    {v}" for v in shown[:_SHOWN]]
+        more = sum(broken.values()) - min(len(shown), _SHOWN)
+        if more:
+            lines.append(f"    ... and {more} more")
+    if lines:
+        __tracebackhide__ = True
+        note = f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
+        raise AssertionError("wire-trace invariants broken" + note + ":\n" + "\n".join(lines))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

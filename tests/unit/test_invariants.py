@@ -391,6 +391,38 @@ def test_i6_an_ack_beyond_what_the_peer_sent_is_found() -> None:
     assert found[0].text == "ACK 12 is beyond what the peer sent, which ends at 11"
 
 
+def test_i6_forged_segments_far_outside_our_window_extend_nothing() -> None:
+    # A blind attacker's data, ACKs and FINs, 64 MiB and more away from the live
+    # numbers (as tests/integration/attacker.py sends them): the endpoint drops them.
+    # Counted as sent, one more than 2**31 ahead would make every later ACK look
+    # beyond what the peer sent.
+    t = opened()
+    t.inp("P.", 1, 1, data=bytes(10))
+    for far in (64 << 20, (64 << 20) + (1 << 30), (64 << 20) + (1 << 31) - 1):
+        t.inp("P.", far, 1, data=b"forged")
+        t.inp(".", far + 7, 1)
+        t.inp("F.", far + 9, 1)
+    t.out(".", 1, 11)
+    t.inp("P.", 11, 1, data=bytes(5))
+    t.out(".", 1, 16)
+    assert t.ids() == []
+
+
+def test_i6_what_the_peer_sends_past_our_window_cannot_be_acknowledged() -> None:
+    t = Talk()  # no window scale: our window of 1000 is taken as it is
+    t.out("S", 0, win=1000, state=State.SYN_SENT)
+    t.inp("S.", 0, 1, win=1000)
+    t.out(".", 1, 1, win=1000)  # we offer up to 1001
+    t.inp("P.", 1001, 1, data=bytes(10))  # a probe at the edge is acceptable
+    t.out(".", 1, 1011, win=0)  # and now our window is shut at 1011
+    assert t.ids() == []
+    t.inp("P.", 1100, 1, data=bytes(10))  # past it is not
+    t.out(".", 1, 1110)
+    found = t.check()
+    assert [v.invariant for v in found] == ["I-6"]
+    assert found[0].text == "ACK 1110 is beyond what the peer sent, which ends at 1011"
+
+
 def test_i6_a_segment_held_back_by_a_hook_may_carry_an_older_ack() -> None:
     t = opened()
     t.inp("P.", 1, 1, data=bytes(2000))
@@ -525,6 +557,19 @@ def test_a_new_syn_after_both_fins_were_acknowledged_starts_afresh() -> None:
     assert t.ids() == []
 
 
+def test_a_syn_that_time_wait_does_not_take_starts_nothing() -> None:
+    # A forged SYN reaches us in TIME-WAIT; we keep the old connection (the event's
+    # irs is still the old one) and answer with its ACK, which is not "beyond" the
+    # forged SYN's sequence number.
+    t = opened()
+    t.out("F.", 1, 1, state=State.FIN_WAIT_1)
+    t.inp("F.", 1, 2, state=State.TIME_WAIT)
+    t.out(".", 2, 2, state=State.TIME_WAIT)
+    t.inp("S", -100_000, win=65535, state=State.TIME_WAIT)
+    t.out(".", 2, 2, state=State.TIME_WAIT)
+    assert t.ids() == []
+
+
 def test_a_closed_state_event_ends_the_connection() -> None:
     t = opened()
     t.out(".", 1, 1, data=bytes(10))
@@ -565,6 +610,7 @@ def test_violations_are_capped_and_counted() -> None:
         checker(event)
     assert len(checker.violations) == MAX_VIOLATIONS
     assert checker.dropped == 20
+    assert checker.counts == {"I-2": MAX_VIOLATIONS + 20}  # kept or not
     lines = checker.report()
     assert len(lines) == MAX_VIOLATIONS + 1
     assert lines[-1] == "... and 20 more violations not kept"
