@@ -1212,11 +1212,10 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "§5.2",
             "Take an ACK only within SND.UNA − MAX.SND.WND … SND.NXT; otherwise send an ACK "
             "and drop it.",
-            "not met",
-            "untested: both bounds are enforced, but only an ACK beyond SND.NXT has a test; "
-            "none sends one older than SND.UNA − MAX.SND.WND",
+            "met",
             evidence=(
                 "tests/unit/test_established.py::test_ack_of_unsent_data_is_answered_and_dropped",
+                "tests/unit/test_established.py::test_an_ack_older_than_the_largest_window_is_answered_and_dropped",
             ),
         ),
         R(
@@ -1345,9 +1344,10 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "RFC6298-5.7",
             "§5.7",
             "If the SYN timed out and the RTO is below 3 s, use 3 s once data flows.",
-            "not met",
-            "untested: the core raises the RTO to 3 s on entering ESTABLISHED after a SYN "
-            "timeout without an RTT sample, but no test checks it",
+            "met",
+            evidence=(
+                "tests/unit/test_retransmit.py::test_after_a_syn_timeout_the_rto_is_at_least_three_seconds_until_measured",
+            ),
         ),
     ),
     *_group(

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 
+from tcpstack.core import seq
 from tcpstack.core.connection import InvalidStateError
 from tcpstack.core.events import ConnectionReset, DataAcknowledged, DataReceived
 from tcpstack.core.state import State
@@ -250,3 +251,20 @@ def test_sequence_numbers_wrap_past_2_32() -> None:
     d.push(seg("P.", d.r(1), d.l(5121), data=b"A" * 3000))
     assert d.conn.rcv_nxt == (d.remote_iss + 3001) % 2**32
     assert d.conn.receive(5000) == b"A" * 3000
+
+
+def test_an_ack_older_than_the_largest_window_is_answered_and_dropped() -> None:
+    # RFC 5961 §5.2: acceptable ACKs lie in SND.UNA - MAX.SND.WND .. SND.NXT.
+    d = established()
+    d.conn.send(b"w" * 3000)
+    assert sum(len(s.payload) for s in d.flush()) == 3000
+    d.push(seg(".", d.r(1), d.l(3001)))
+    before = d.conn.snd_una
+    # Older than SND.UNA by more than the largest window the peer offered (65535
+    # at the handshake): challenged with an ACK, and the data in it is not taken.
+    stale = seq.add(before, -70_000)
+    expect(d.push(seg("P.", d.r(1), stale, data=b"x")), out(".", d.l(3001), d.r(1)))
+    assert d.conn.readable == 0 and d.conn.stats["drop_ack_too_old"] == 1
+    # Within the bound, an old ACK is a plain duplicate: the data goes in.
+    d.push(seg("P.", d.r(1), seq.add(before, -500), data=b"y"))
+    assert d.conn.readable == 1

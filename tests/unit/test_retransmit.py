@@ -123,3 +123,13 @@ def test_pair_moves_data_through_losses() -> None:
     p.run(until=p.now + 60.0)
     assert bytes(p.received["a"]) == data
     assert p.b.stats["retransmissions"] >= 1
+
+
+def test_after_a_syn_timeout_the_rto_is_at_least_three_seconds_until_measured() -> None:
+    # RFC 6298 §5.7: the SYN was retransmitted and gave no RTT sample (Karn), so
+    # data starts with an RTO of 3 s, not the backed-off 1 s initial value.
+    d = syn_sent()
+    d.fire_timer()
+    d.push(seg("S.", d.r(0), d.l(1)))
+    assert d.conn.state is State.ESTABLISHED and d.conn.rtt.srtt is None
+    assert d.conn.rtt.rto >= 3.0
