@@ -83,6 +83,7 @@ ENG = "tests/unit/test_engine.py::"
 HARD = "tests/unit/test_hardening.py::"
 WIRE = "tests/unit/test_wire.py::"
 ISN = "tests/unit/test_isn.py::"
+G0 = "tests/integration/test_gate0.py::"
 EIGHT = REC + "test_eight_megabytes_each_way_under_impairment"
 
 
@@ -101,9 +102,9 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
             LAB + "test_veth_lab_layout",
             LAB + "test_tap_lab_layout",
             KP + "test_one_megabyte_each_way_arrives_intact",
+            G0 + "test_every_frame_from_our_address_on_the_wire_is_in_our_transmit_log",
+            G0 + "test_one_byte_writes_in_padded_frames_get_exact_acks_and_frames_fit_the_mtu",
         ),
-        partial="no kernel owns our address and the oracle fails any kernel reset or abort; "
-        "nothing compares a capture with what we sent",
     ),
     Scenario(
         "E-02",
@@ -122,17 +123,17 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         (
             CONF + "test_scripted_scenario[E-07-tcpstack]",
             CONF + "test_scripted_scenario[E-07-linux]",
+            G0 + "test_with_offloads_off_frames_fit_the_mtu_and_kernel_segments_our_mss",
         ),
-        partial="scripted runs turn TSO/GSO off and stop if ethtool fails; nothing records "
-        "`ethtool -k` or asserts frame and segment sizes",
     ),
     Scenario(
         "E-04",
         "Small frames: Ethernet padding is not payload; frames fit the MTU",
         0,
-        (WIRE + "test_ethernet_padding_is_not_payload",),
-        partial="the decoder, and scripted M-03; no 1-byte exchange with the kernel, no MTU "
-        "576 or 9000 runs",
+        (
+            WIRE + "test_ethernet_padding_is_not_payload",
+            G0 + "test_one_byte_writes_in_padded_frames_get_exact_acks_and_frames_fit_the_mtu",
+        ),
     ),
     Scenario(
         "E-05",
@@ -148,8 +149,12 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
             LAB + "test_veth_lab_layout",
             ORA + "test_an_ordinary_lab_leaves_the_oracle_quiet",
             ORA + "test_the_oracle_reports_a_checksum_error_the_kernel_counted",
+            G0 + "test_each_lab_is_fresh_and_its_pcaps_and_ss_snapshots_name_the_connection",
         ),
-        partial="no pcaps or `ss -tin` snapshots are kept per test",
+        partial="fresh namespaces (counters from zero) and the oracle per test; peer settings "
+        "checked, but only tcp_no_metrics_save and IPv6 pinned, the rest a new namespace's "
+        "defaults; pcaps of both sides, `ss -tin` and our TCB dump work (test_gate0) but are "
+        "not kept for every test",
     ),
     Scenario("E-07", "Smoke script against the Linux reference", 0),
     # ---------------------------------------------------------------- H
@@ -535,8 +540,8 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         (
             KP + "test_passive_close_the_kernel_ends_in_time_wait",
             KP + "test_half_close_kernel_stops_and_we_keep_sending",
+            G0 + "test_after_a_passive_close_a_late_segment_for_the_connection_gets_a_reset",
         ),
-        partial="no check here that a later segment gets a RST (scripted C-15 checks it)",
     ),
     Scenario(
         "C-03",
@@ -576,9 +581,10 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
             KP + "test_close_with_unread_data_resets",
             KP + "test_kernel_reset_surfaces_as_connection_reset",
             KP + "test_active_close_we_end_in_time_wait",
+            G0 + "test_our_close_with_ten_kilobytes_unread_sends_rst_and_no_fin",
+            G0 + "test_kernel_close_with_unread_data_resets_and_our_next_read_fails",
+            G0 + "test_close_after_the_kernel_retransmitted_data_and_fin_we_had_read_sends_fin",
         ),
-        partial="the kernel's reset comes from SO_LINGER 0, not unread data; no retransmitted "
-        "data+FIN before the plain close",
     ),
     Scenario(
         "C-07",
