@@ -21,6 +21,7 @@ from tcpstack.core.state import State
 from tcpstack.lab import Lab
 from tcpstack.stack import Stack
 from tcpstack.trace import SegmentEvent
+from tcpstack.wire import internet_checksum
 from tests.integration.kernel import MSL, TIMEOUT, connect, kernel_server, open_stack, wait_until
 
 pytestmark = pytest.mark.netns
@@ -127,7 +128,7 @@ def test_source_quench_changes_nothing(lab: Lab, stack: Stack) -> None:
             raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         with raw:
             message = bytearray(b"\x04\x00\x00\x00" + bytes(4) + quoted)
-            checksum = _checksum(bytes(message))
+            checksum = internet_checksum(bytes(message))
             message[2:4] = checksum.to_bytes(2, "big")
             raw.sendto(bytes(message), (lab.endpoint_address, 0))
         wait_until(lambda: stack.stats().get("icmp_ignored", 0) == 1, "the quench to arrive")
@@ -137,13 +138,6 @@ def test_source_quench_changes_nothing(lab: Lab, stack: Stack) -> None:
         while len(got) < 1000:
             got += peer.recv(2000)
         assert got.endswith(b"b" * 1000)
-
-
-def _checksum(data: bytes) -> int:
-    total = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def test_ttl_and_dscp_set_by_the_application_reach_the_wire(lab: Lab, stack: Stack) -> None:
