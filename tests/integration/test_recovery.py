@@ -67,6 +67,12 @@ CASES = {
     kernel="eut",
     case=("5% loss each way", "all of them"),
 )
+# The same reference client once counted a PAWS drop under loss alone (CI, 2026-11-22).
+# veth hands each frame to the backlog of the CPU that sent it, so two segments the
+# server sends from two CPUs (its SYN-ACK timer, its data) can swap places and the
+# older timestamp arrive second. Only the kernel pair has an eut kernel, so this
+# excuses neither our stack nor the kernel it talks to.
+@pytest.mark.nstat_allows("TcpExtPAWSEstab", kernel="eut", case=("5% loss each way",))
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("kind", ["veth", "tap"])
 def test_eight_megabytes_each_way_under_impairment(kind: str, case: str) -> None:
