@@ -148,6 +148,8 @@ class _Conn:
         "edge",
         "samples",
         "ended",
+        "una",
+        "max_wnd",
     )
 
     def __init__(self) -> None:
@@ -172,6 +174,8 @@ class _Conn:
         self.peer_sack = False
         self.peer_ts = False
         self.edge: int | None = None  # furthest right edge the peer advertised
+        self.una: int | None = None  # the highest ACK of the peer's (SND.UNA)
+        self.max_wnd = 0  # the largest window the peer offered (MAX.SND.WND), scaled
         # (offset from iss, byte) of data we sent, in increasing offset order.
         self.samples: deque[tuple[int, int]] | None = None
         self.ended = False
@@ -306,13 +310,22 @@ class TraceChecker:
                 samples.popleft()
         if c.irs is None:
             return  # without the peer's SYN its window scale is unknown
+        if c.una is not None and seq.lt(ack, seq.add(c.una, -c.max_wnd)):
+            # Older than SND.UNA - MAX.SND.WND: the endpoint drops it (RFC 5961 §5.2).
+            # A blind attacker's ACK almost half the sequence space behind would
+            # otherwise put the edge almost half of it ahead.
+            return
         if f & _SYN:
             shift = 0  # a SYN's window is never scaled
         elif c.our_wscale and c.peer_wscale is not None:
             shift = min(c.peer_wscale, _MAX_WSCALE)
         else:
             shift = 0
-        edge = seq.add(ack, s.window << shift)
+        window = s.window << shift
+        c.max_wnd = max(c.max_wnd, window)
+        if c.una is None or seq.gt(ack, c.una):
+            c.una = ack
+        edge = seq.add(ack, window)
         if c.edge is None or seq.gt(edge, c.edge):
             c.edge = edge
 

@@ -367,6 +367,24 @@ def test_i4_the_syn_acks_window_is_not_scaled_and_fin_takes_no_window() -> None:
     assert t.ids() == ["I-4"]
 
 
+def test_i4_a_blind_ack_half_the_space_behind_moves_no_edge() -> None:
+    # ACK = SND.UNA - 2**31 + 1 is "behind" what we sent, but its edge (ACK plus a
+    # window smaller than the real one) lands just under 2**31 ahead of the real
+    # edge: taken, every later segment would look beyond the peer's window. It is
+    # older than SND.UNA - MAX.SND.WND, which the endpoint drops (RFC 5961 §5.2).
+    t = Talk()
+    t.out("S", 0, win=65535, mss=1460, state=State.SYN_SENT)
+    t.inp("S.", 0, 1, win=1000)
+    t.out(".", 1, 1)
+    t.out(".", 1, 1, data=bytes(500))
+    t.inp(".", 1, 501, win=1000)  # edge 1501
+    t.inp(".", 1, 501 - (1 << 31) + 1, win=500)  # forged
+    t.out(".", 501, 1, data=bytes(1000))
+    assert t.ids() == []
+    t.out(".", 1501, 1, data=bytes(2))  # more than a probe's byte
+    assert t.ids() == ["I-4"]
+
+
 # ------------------------------------------------------------------------- I-6
 
 
