@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# An Ethernet MTU (1500) minus 40 bytes of IPv4 and TCP headers.
+DEFAULT_MSS = 1460
+# The largest IPv4 datagram (65535) minus the same 40.
+MAX_MSS = 65495
+
 
 @dataclass(frozen=True, slots=True)
 class TcpConfig:
     """Per-connection TCP settings."""
 
-    mss: int = 1460
-    """MSS we announce: the link MTU (1500) minus 40 bytes of IPv4 and TCP headers."""
+    mss: int | None = None
+    """MSS we announce. None follows the link, as Linux does: its MTU minus 40 bytes
+    of IPv4 and TCP headers (RFC 9293 §3.7.1), 8960 on a 9000-byte jumbo link; a
+    number caps that. Without a link (the core on its own) None means DEFAULT_MSS."""
 
     tso_max: int | None = None
     """Segmentation offload, like Linux's TSO: the most payload the sender puts in
@@ -99,9 +106,14 @@ class TcpConfig:
     max_retries: int = 15
     """Data retransmissions before the connection is aborted (Linux tcp_retries2, RFC 9293 R2)."""
 
+    @property
+    def announced_mss(self) -> int:
+        """The MSS a SYN of ours carries (see `mss`)."""
+        return DEFAULT_MSS if self.mss is None else self.mss
+
     def __post_init__(self) -> None:
-        if not 88 <= self.mss <= 65495:
-            raise ValueError(f"mss {self.mss} outside 88..65495")
+        if self.mss is not None and not 88 <= self.mss <= MAX_MSS:
+            raise ValueError(f"mss {self.mss} outside 88..{MAX_MSS}")
         if self.receive_buffer < 1:
             raise ValueError("receive_buffer must be positive")
         if not 0 <= self.window_shift <= 14:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 
 from tcpstack import sockopts, wire
 from tcpstack.arp import ArpCache
-from tcpstack.config import StackConfig, TcpConfig
+from tcpstack.config import MAX_MSS, StackConfig, TcpConfig
 from tcpstack.core import seq
 from tcpstack.core.connection import TcpConnection, reset_for_unknown
 from tcpstack.core.events import (
@@ -715,7 +715,7 @@ class Engine:
             seg.end_seq,
             Flags.SYN | Flags.ACK,
             window,
-            Options(mss=listener.config.mss),
+            Options(mss=listener.config.announced_mss),
         )
         listener.cookies_sent_at = now
         self.stats["syn_cookies_sent"] += 1
@@ -1116,10 +1116,13 @@ class Engine:
 
 
 def with_link_mss(config: TcpConfig, mtu: int, gso_max: int = 0) -> TcpConfig:
-    """Our announced MSS follows the link MTU (RFC 9293 §3.7.1: MTU minus 40), and the
-    sender's segmentation offload the link's GSO limit (unless configured off)."""
+    """Our announced MSS follows the link MTU (RFC 9293 §3.7.1: MTU minus 40), up to
+    the configured one if any, and the sender's segmentation offload the link's GSO
+    limit (unless configured off)."""
     tso = gso_max if config.tso_max is None else min(config.tso_max, gso_max)
-    return replace(config, mss=min(config.mss, mtu - 40), tso_max=tso)
+    link_mss = min(mtu - 40, MAX_MSS)
+    mss = link_mss if config.mss is None else min(config.mss, link_mss)
+    return replace(config, mss=mss, tso_max=tso)
 
 
 class _EngineLock(_thread.RLock):  # type: ignore[misc]

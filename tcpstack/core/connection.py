@@ -250,7 +250,9 @@ class TcpConnection:
         # Loss recovery: every segment in flight has a record; lost ones go out again
         # before any new data. RACK-TLP (RFC 8985) finds losses when SACK is in use;
         # without SACK, three duplicate ACKs and NewReno partial ACKs do.
-        self.cc: congestion.CongestionControl = congestion.create(config.congestion, config.mss)
+        self.cc: congestion.CongestionControl = congestion.create(
+            config.congestion, config.announced_mss
+        )
         self._rtxq = RetransmitQueue()
         self._rack = Rack()
         self.recovery = "open"  # "open", "recovery" (fast) or "loss" (after an RTO)
@@ -371,7 +373,7 @@ class TcpConnection:
     @property
     def send_mss(self) -> int:
         """Effective send MSS: the peer's announcement, capped by ours (RFC 9293 §3.7.1)."""
-        return min(self.peer_mss, self.config.mss)
+        return min(self.peer_mss, self.config.announced_mss)
 
     @property
     def ooo_segments(self) -> int:
@@ -455,7 +457,7 @@ class TcpConnection:
     def set_congestion(self, name: str) -> None:
         """TCP_CONGESTION: choose the algorithm (before data flows, like Linux)."""
         self.cc = congestion.create(
-            name, self.send_mss if self.state.is_synchronized else self.config.mss
+            name, self.send_mss if self.state.is_synchronized else self.config.announced_mss
         )
 
     def set_keepalive(self, enabled: bool, now: float) -> None:
@@ -1360,7 +1362,7 @@ class TcpConnection:
             immediate
             or self.config.delayed_ack <= 0
             or self._quick_acks > 0
-            or self._unacked_bytes >= 2 * self.config.mss
+            or self._unacked_bytes >= 2 * self.config.announced_mss
         ):
             if self._quick_acks > 0:
                 self._quick_acks -= 1
@@ -1433,7 +1435,7 @@ class TcpConnection:
         """The right edge to advertise, with receiver-side SWS avoidance (§3.8.6.2.2)."""
         edge = seq.add(self.rcv_nxt, self.rcv_wnd)
         grown = seq.sub(edge, self._rcv_adv_edge)
-        if grown < min(self.config.receive_buffer // 2, self.config.mss):
+        if grown < min(self.config.receive_buffer // 2, self.config.announced_mss):
             return self._rcv_adv_edge if seq.ge(self._rcv_adv_edge, self.rcv_nxt) else self.rcv_nxt
         return edge
 
@@ -1500,7 +1502,9 @@ class TcpConnection:
         self._syn_window = window
         self._rcv_adv_edge = seq.add(self.rcv_nxt, window) if flags & Flags.ACK else 0
         self._last_ack_sent = ack
-        options = Options(mss=config.mss, wscale=wscale, sack_permitted=sack, timestamps=ts)
+        options = Options(
+            mss=config.announced_mss, wscale=wscale, sack_permitted=sack, timestamps=ts
+        )
         return Segment(self.local_port, self.remote_port, self.iss, ack, flags, window, options)
 
     def _data_nxt(self) -> int:

@@ -442,7 +442,11 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "§3.7.1",
             "Announce an MSS no larger than the largest datagram we can receive, less 40.",
             "met",
-            evidence=(f"{_IP}test_the_mss_we_announce_follows_the_link_mtu",),
+            evidence=(
+                f"{_IP}test_the_mss_we_announce_follows_the_link_mtu",
+                "tests/integration/test_gate0.py::"
+                "test_at_a_jumbo_mtu_our_mss_is_the_mtu_minus_40_unless_capped",
+            ),
         ),
         R(
             "MUST-69",

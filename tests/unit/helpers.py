@@ -176,7 +176,7 @@ def new_driver(
 def syn_sent(**kw: object) -> Driver:
     d = new_driver(**kw)  # type: ignore[arg-type]
     d.conn.open_active(d.now)
-    expect(d.flush(), d.out("S", d.l(0), mss=d.conn.config.mss))
+    expect(d.flush(), d.out("S", d.l(0), mss=d.conn.config.announced_mss))
     assert d.conn.state is State.SYN_SENT
     return d
 
@@ -202,7 +202,7 @@ def syn_received(**kw: object) -> Driver:
     """Passive: LISTEN got a SYN and answered SYN-ACK."""
     d = listen(**kw)
     sent = d.push(seg("S", d.r(0), mss=1460))
-    expect(sent, d.out("S.", d.l(0), d.r(1), mss=d.conn.config.mss))
+    expect(sent, d.out("S.", d.l(0), d.r(1), mss=d.conn.config.announced_mss))
     assert d.conn.state is State.SYN_RECEIVED
     return d
 

@@ -154,7 +154,7 @@ def test_missing_mss_option_means_536() -> None:
 def test_simultaneous_open() -> None:
     # §3.5 Figure 7: SYN-SENT gets a SYN without ACK -> SYN-RECEIVED, SYN-ACK with the same ISS.
     d = syn_sent()
-    expect(d.push(seg("S", d.r(0), mss=1460)), out("S.", d.l(0), d.r(1), mss=CONFIG.mss))
+    expect(d.push(seg("S", d.r(0), mss=1460)), out("S.", d.l(0), d.r(1), mss=CONFIG.announced_mss))
     assert d.conn.state is State.SYN_RECEIVED
     # Line 6: their SYN-ACK completes our side; no reply is needed (Figure 7).
     expect(d.push(seg("S.", d.r(0), d.l(1))))
@@ -246,7 +246,7 @@ def test_passive_syn_received_new_syn_returns_to_listen() -> None:
 def test_syn_received_retransmitted_syn_repeats_the_syn_ack() -> None:
     # Linux answers a duplicate SYN in SYN-RECV with the SYN-ACK again.
     d = syn_received()
-    expect(d.push(seg("S", d.r(0))), out("S.", d.l(0), d.r(1), mss=CONFIG.mss))
+    expect(d.push(seg("S", d.r(0))), out("S.", d.l(0), d.r(1), mss=CONFIG.announced_mss))
     assert d.conn.state is State.SYN_RECEIVED
 
 
@@ -257,7 +257,11 @@ def test_close_in_syn_received_sends_fin_at_once() -> None:
     expect(d.flush(), out("F.", d.l(1), d.r(1)))
     assert d.conn.state is State.FIN_WAIT_1
     # The SYN-ACK is still unacknowledged, so a timeout resends it, and the FIN.
-    expect(d.fire_timer(), out("S.", d.l(0), d.r(1), mss=CONFIG.mss), out("F.", d.l(1), d.r(1)))
+    expect(
+        d.fire_timer(),
+        out("S.", d.l(0), d.r(1), mss=CONFIG.announced_mss),
+        out("F.", d.l(1), d.r(1)),
+    )
     # The peer acknowledges only the SYN: the FIN goes again at the next timeout.
     expect(d.push(seg(".", d.r(1), d.l(1))))
     assert d.conn.state is State.FIN_WAIT_1

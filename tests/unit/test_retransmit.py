@@ -24,7 +24,7 @@ def test_syn_is_retransmitted_with_exponential_backoff_then_gives_up() -> None:
     times = []
     for _ in range(CONFIG.syn_retries):
         sent = d.fire_timer()
-        expect(sent, out("S", d.l(0), mss=CONFIG.mss))  # same ISS every time
+        expect(sent, out("S", d.l(0), mss=CONFIG.announced_mss))  # same ISS every time
         times.append(d.now)
     gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)]
     assert gaps == pytest.approx([1, 2, 4, 8, 16, 32])
@@ -46,7 +46,7 @@ def test_lost_syn_then_syn_ack_completes() -> None:
 def test_syn_ack_is_retransmitted_then_half_open_gives_up() -> None:
     d = syn_received()
     for _ in range(CONFIG.synack_retries):
-        expect(d.fire_timer(), out("S.", d.l(0), d.r(1), mss=CONFIG.mss))
+        expect(d.fire_timer(), out("S.", d.l(0), d.r(1), mss=CONFIG.announced_mss))
     expect(d.fire_timer())
     assert d.conn.state is State.CLOSED
     assert ConnectionTimedOut in d.event_types()
