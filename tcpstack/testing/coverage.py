@@ -143,18 +143,16 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
     ),
     Scenario(
         "E-06",
-        "Each test gets fresh namespaces, pinned sysctls and a counter check",
+        "Each test gets fresh namespaces, pinned sysctls, a counter check and evidence",
         0,
         (
             LAB + "test_veth_lab_layout",
             ORA + "test_an_ordinary_lab_leaves_the_oracle_quiet",
             ORA + "test_the_oracle_reports_a_checksum_error_the_kernel_counted",
-            G0 + "test_each_lab_is_fresh_and_its_pcaps_and_ss_snapshots_name_the_connection",
+            G0 + "test_each_lab_is_fresh_with_its_kernel_settings_pinned",
+            G0 + "test_the_evidence_of_a_failure_names_the_connection_on_both_sides",
+            G0 + "test_the_suite_keeps_the_evidence_of_a_failing_test_and_only_of_it",
         ),
-        partial="fresh namespaces (counters from zero) and the oracle per test; peer settings "
-        "checked, but only tcp_no_metrics_save and IPv6 pinned, the rest a new namespace's "
-        "defaults; pcaps of both sides, `ss -tin` and our TCB dump work (test_gate0) but are "
-        "not kept for every test",
     ),
     Scenario("E-07", "Smoke script against the Linux reference", 0),
     # ---------------------------------------------------------------- H

@@ -17,6 +17,12 @@ a TraceChecker (tcpstack.testing.invariants) from its creation on; a stack that
 outlives a test (a module's) is checked by each test for what happened during it.
 An invariant the test breaks on purpose is allowed with
 `@pytest.mark.trace_allows(...)`. Stacks made by a child process are not seen.
+
+And when a test fails, whatever the phase, its evidence is kept in
+test-artifacts/<test id>/ (TCPSTACK_EVIDENCE_DIR overrides): a pcap of the kernel's
+side of every lab it used (tcpdump runs for each), `ss` and nstat of their kernels,
+our stacks' traces as pcap and text, and their TCB dumps (tcpstack.testing.evidence).
+The paths are listed at the end of the run.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import secrets
 import shutil
+import tempfile
 import threading
 import weakref
 from collections.abc import Generator, Iterator
@@ -38,6 +46,7 @@ from tcpstack import lab as lab_module
 from tcpstack import netns
 from tcpstack.stack import Stack
 from tcpstack.testing import oracle
+from tcpstack.testing.evidence import Evidence
 from tcpstack.testing.invariants import INVARIANTS, TraceChecker
 from tests.integration.kernel import open_stack
 from tests.integration.report import REPORT
@@ -146,6 +155,65 @@ def kernel_oracle(request: pytest.FixtureRequest, _needs_root: None) -> Iterator
         raise AssertionError(report)
 
 
+# -- evidence of a failure ------------------------------------------------------------
+
+# Where a failing test's evidence goes (tcpstack.testing.evidence), a directory per test.
+EVIDENCE_DIR = Path(
+    os.environ.get("TCPSTACK_EVIDENCE_DIR", Path(__file__).parents[2] / "test-artifacts")
+)
+EVIDENCE = Evidence(Path(tempfile.mkdtemp(prefix="tcpstack-evidence-")))
+lab_module.add_teardown_observer(EVIDENCE.lab_down)
+_FAILED = pytest.StashKey[bool]()
+_KEPT: list[tuple[str, Path]] = []
+
+
+def _watch_for_evidence(patch: pytest.MonkeyPatch) -> None:
+    """Have every lab the test brings up captured, and every stack's TCBs dumped
+    before it closes (the stacks' traces are kept by _StackWatch._new)."""
+    up, close = lab_module.Lab.up, Stack.close
+
+    @functools.wraps(up)
+    def lab_up(lab: lab_module.Lab, *args: Any, **kwargs: Any) -> lab_module.Lab:
+        up(lab, *args, **kwargs)
+        try:
+            EVIDENCE.watch_lab(lab)
+        except BaseException:
+            lab.down()
+            raise
+        return lab
+
+    @functools.wraps(close)
+    def stack_close(stack: Stack) -> None:
+        EVIDENCE.stack_closing(stack)
+        close(stack)
+
+    patch.setattr(lab_module.Lab, "up", lab_up)
+    patch.setattr(Stack, "close", stack_close)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed:
+        item.stash[_FAILED] = True
+        if report.when == "call":
+            EVIDENCE.failed_now()
+    if report.when == "teardown":
+        keep = None
+        if item.stash.get(_FAILED, False):
+            keep = EVIDENCE_DIR / re.sub(r"[^\w.-]+", "_", item.nodeid).strip("_")[:180]
+        kept = EVIDENCE.end(keep)
+        if kept is not None:
+            _KEPT.append((item.nodeid, kept))
+    return report
+
+
+def pytest_sessionfinish() -> None:
+    EVIDENCE.close()
+
+
 # -- the wire-trace checker on every stack --------------------------------------------
 
 
@@ -192,8 +260,10 @@ class _StackWatch:
                 self._new(stack)
 
             self._patch.setattr(Stack, "__init__", init)
+            _watch_for_evidence(self._patch)
 
     def _new(self, stack: Stack) -> None:
+        EVIDENCE.watch_stack(stack)
         if not self._check_new:
             return
         checker = TraceChecker()
@@ -290,6 +360,10 @@ def trace_invariants(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _KEPT:
+        terminalreporter.section("evidence of the failures (pcaps, ss, nstat, TCB dumps)")
+        for nodeid, path in _KEPT:
+            terminalreporter.write_line(f"{nodeid}: {path}")
     if REPORT:
         terminalreporter.section("transfers under impairment: tcpstack beside kernel<->kernel")
         for line in REPORT:

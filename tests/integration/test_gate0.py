@@ -9,8 +9,10 @@ E-06, C-02, C-06), for the parts the older tests left out.
 - E-04: 1-byte writes both ways in frames padded to the 60-byte Ethernet minimum, at
   MTU 576, 1500 and 9000: payload lengths come from the IP header, ACKs are exact,
   and every frame on the wire fits the MTU.
-- E-06: the per-test observation kit (pcaps of both sides, `ss -tin`, our TCB dump)
-  produces files that name the connection, in a fresh lab with pinned settings.
+- E-06: each lab is fresh with the kernel settings of the plan's §4.5 pinned, and the
+  evidence the suite keeps of a failing test (pcaps of both sides, `ss`, nstat, our
+  trace and TCB dumps; tcpstack.testing.evidence) names the connection, and is kept
+  for the failing test only.
 - C-02: after a passive close, a late copy of the kernel's segment meets a RST.
 - C-06: a kernel close() with unread data (no SO_LINGER) resets us; our close with
   10 KiB unread sends RST and no FIN; after the kernel retransmitted data+FIN that we
@@ -32,21 +34,22 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import termios
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tcpstack import State, TcpConfig, netns, wire
-from tcpstack.capture import Capture, CapturedFrame
+from tcpstack.capture import Capture
 from tcpstack.core.segment import Flags, Segment
-from tcpstack.lab import Lab
+from tcpstack.lab import PINNED_SYSCTLS, Lab, add_teardown_observer
 from tcpstack.link import Link, PacketLink
-from tcpstack.pcap import PcapWriter, write_pcapng
 from tcpstack.stack import Socket, Stack
+from tcpstack.testing.evidence import Evidence
 from tcpstack.trace import FrameEvent, Recorder, SegmentEvent, TraceEvent
 from tests.integration.kernel import (
     MSL,
@@ -550,95 +553,23 @@ def test_at_a_jumbo_mtu_our_mss_is_the_mtu_minus_40_unless_capped() -> None:
 
 # ----------------------------------------------------------------------- E-06
 
-# What the plan's expectations assume of the kernel peer (§4.5 of the plan): pinned
-# by the lab (no_metrics_save, IPv6 off) or a fresh namespace's defaults.
-PEER_SETTINGS = {
-    "net.ipv4.tcp_no_metrics_save": "1",
-    "net.ipv6.conf.all.disable_ipv6": "1",
-    "net.ipv4.tcp_rfc1337": "0",
-    "net.ipv4.tcp_timestamps": "1",
-    "net.ipv4.tcp_sack": "1",
-    "net.ipv4.tcp_window_scaling": "1",
-    "net.ipv4.tcp_syncookies": "1",
-    "net.ipv4.tcp_min_snd_mss": "48",
-}
 FRESH_COUNTERS = ("TcpInSegs", "TcpOutSegs", "TcpActiveOpens", "TcpPassiveOpens", "TcpOutRsts")
 
 
-@dataclass
-class Observations:
-    """What a test can leave behind for whoever reads its failure: pcaps of both
-    sides of the link, `ss -tin` of the kernel peer, our TCB dump. Files go to
-    `directory`; `close()` finishes the pcaps."""
-
-    directory: Path
-    files: list[Path] = field(default_factory=list)
-    _closers: list[Callable[[], None]] = field(default_factory=list)
-
-    def _path(self, name: str) -> Path:
-        path = self.directory / name
-        self.files.append(path)
-        return path
-
-    def endpoint_pcap(self, stack: Stack) -> Path:
-        """Every frame the endpoint sends and receives from now on, with its state."""
-        path = self._path("endpoint.pcapng")
-        writer = PcapWriter(path)
-        stack.subscribe(writer)
-
-        def close() -> None:
-            stack.unsubscribe(writer)
-            writer.close()
-
-        self._closers.append(close)
-        return path
-
-    def peer_pcap(self, lab: Lab) -> Path:
-        """Every frame on the kernel's interface from now on (written at close())."""
-        path = self._path("peer.pcapng")
-        capture = Capture(lab.peer_interface, lab.peer_netns).start()
-
-        def close() -> None:
-            frames: list[CapturedFrame] = capture.stop()
-            events = [
-                FrameEvent(c.time, "out" if c.outgoing else "in", c.frame, "kernel peer")
-                for c in frames
-            ]
-            write_pcapng(path, events, interface_name=lab.peer_interface)
-
-        self._closers.append(close)
-        return path
-
-    def ss(self, lab: Lab, label: str) -> str:
-        """`ss -tin` of the kernel peer now, kept as ss-LABEL.txt."""
-        text = _run(lab.peer_netns, [_tool("ss"), "-tin"])
-        self._path(f"ss-{label}.txt").write_text(text)
-        return text
-
-    def tcb(self, stack: Stack, label: str) -> dict[str, Any]:
-        """Our stack's sockets and variables now, kept as tcb-LABEL.json."""
-        dump = stack.snapshot()
-        self._path(f"tcb-{label}.json").write_text(json.dumps(dump, indent=1, default=str))
-        return dump
-
-    def close(self) -> None:
-        while self._closers:
-            self._closers.pop()()
-
-
-@pytest.fixture
-def observations(tmp_path: Path) -> Iterator[Observations]:
-    kept = Observations(tmp_path)
-    try:
-        yield kept
-    finally:
-        kept.close()
-
-
-def _pcapng_frames(path: Path) -> list[bytes]:
-    """The packet data of each enhanced packet block of a pcapng file."""
+def _pcap_frames(path: Path) -> list[bytes]:
+    """The packet data of each record of a pcap file (tcpdump's), or of each
+    enhanced packet block of a pcapng file (ours)."""
     data = path.read_bytes()
-    assert data[:4] == b"\x0a\x0d\x0d\x0a", "not a pcapng file"
+    if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4"):
+        order = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+        frames, at = [], 24
+        while at + 16 <= len(data):
+            captured = struct.unpack_from(order + "I", data, at + 8)[0]
+            frames.append(data[at + 16 : at + 16 + captured])
+            at += 16 + captured
+        assert at == len(data), "truncated record"
+        return frames
+    assert data[:4] == b"\x0a\x0d\x0d\x0a", "neither pcap nor pcapng"
     order = "<" if data[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
     frames, at = [], 0
     while at + 12 <= len(data):
@@ -652,54 +583,141 @@ def _pcapng_frames(path: Path) -> list[bytes]:
     return frames
 
 
-def test_each_lab_is_fresh_and_its_pcaps_and_ss_snapshots_name_the_connection(
-    lab: Lab, observations: Observations
-) -> None:
+def _connection_in(path: Path, ours: tuple[str, int]) -> list[Segment]:
+    packets = [p for f in _pcap_frames(path) if (p := _tcp(f)) is not None]
+    return [
+        p.segment for p in packets if {p.segment.src_port, p.segment.dst_port} == {ours[1], PORT}
+    ]
+
+
+def test_each_lab_is_fresh_with_its_kernel_settings_pinned(lab: Lab) -> None:
     # Fresh: the namespaces are new, so the kernel's counters start at zero.
     counters = lab.peer_nstat()
-    assert {name: counters.get(name, 0) for name in FRESH_COUNTERS} == dict.fromkeys(
-        FRESH_COUNTERS, 0
-    )
-    for key, value in PEER_SETTINGS.items():
+    assert [counters.get(n, 0) for n in FRESH_COUNTERS] == [0] * len(FRESH_COUNTERS)
+    # Pinned: every setting of the plan's §4.5 this kernel has, in every TCP kernel.
+    assert "net.ipv4.tcp_no_metrics_save" in lab.pinned and "net.ipv4.tcp_sack" in lab.pinned
+    assert set(lab.pinned) <= set(PINNED_SYSCTLS)
+    for key, value in lab.pinned.items():
         assert _sysctl(lab.peer_netns, key) == value, key
-    peer_pcap = observations.peer_pcap(lab)
+    assert _sysctl(lab.peer_netns, "net.ipv6.conf.all.disable_ipv6") == "1"
     with _endpoint(lab) as stack:
-        our_pcap = observations.endpoint_pcap(stack)
         s, peer = connect(stack, lab)
-        ours = s.getsockname()
-        s.sendall(b"question")
-        assert _recv_exactly(peer, 8) == b"question"
-        peer.sendall(b"answer")
-        assert _recv_exactly(s, 6) == b"answer"
-        shown = observations.ss(lab, "established")
-        dump = observations.tcb(stack, "established")
         _close_both(s, peer, lab)
-    observations.close()
-    # The kernel's view names the connection, with its TCP variables (-i).
-    line = f"{lab.peer_address}:{PORT}"
-    rows = [r for r in shown.splitlines() if r.startswith("ESTAB") and line in r]
-    assert rows and f"{ours[0]}:{ours[1]}" in rows[0], shown
-    assert " mss:" in shown and " rtt:" in shown, shown
-    # Our TCB dump has the connection with its variables.
-    (row,) = [c for c in dump["connections"] if tuple(c["local"]) == ours]
-    assert row["state"] == "ESTABLISHED" and row["info"]
-    # Both pcaps hold the connection's segments, its data among them.
-    for path in (our_pcap, peer_pcap):
-        packets = [p for f in _pcapng_frames(path) if (p := _tcp(f)) is not None]
-        mine = [
-            p.segment
-            for p in packets
-            if {p.segment.src_port, p.segment.dst_port} == {ours[1], PORT}
-        ]
-        assert any(seg.syn for seg in mine) and any(seg.fin for seg in mine), path
-        payload = b"".join(seg.payload for seg in mine)
-        assert b"question" in payload and b"answer" in payload, path
-    # And a second lab is fresh again, whatever this one went through.
-    assert lab.peer_nstat()["TcpActiveOpens"] + lab.peer_nstat()["TcpPassiveOpens"] > 0
+    assert lab.peer_nstat()["TcpPassiveOpens"] > 0
+    # A second lab is fresh again, whatever this one went through.
     with Lab(lab.kind) as other:
         assert not set(other.namespaces) & set(lab.namespaces)
         again = other.peer_nstat()
         assert [again.get(n, 0) for n in FRESH_COUNTERS] == [0] * len(FRESH_COUNTERS)
+
+
+@pytest.mark.parametrize("kind", ["veth", "tap"])
+def test_the_evidence_of_a_failure_names_the_connection_on_both_sides(
+    kind: str, tmp_path: Path
+) -> None:
+    # The kit the suite runs for every test (conftest.py), run here by hand: a failure
+    # at the established moment keeps our trace and TCB, and the kernel's ss and pcap.
+    evidence = Evidence(tmp_path / "scratch")
+    stop_observing = add_teardown_observer(evidence.lab_down)
+    try:
+        lab = Lab(kind).up()
+        try:
+            evidence.watch_lab(lab)
+            stack = open_stack(lab)
+            evidence.watch_stack(stack)
+            try:
+                s, peer = connect(stack, lab)
+                ours = s.getsockname()
+                s.sendall(b"question")
+                assert _recv_exactly(peer, 8) == b"question"
+                peer.sendall(b"answer")
+                assert _recv_exactly(s, 6) == b"answer"
+                evidence.failed_now()
+                _close_both(s, peer, lab)
+            finally:
+                evidence.stack_closing(stack)
+                stack.close()
+        finally:
+            lab.down()
+        kept = evidence.end(tmp_path / "kept")
+    finally:
+        stop_observing()
+        evidence.close()
+    assert kept is not None
+    names = sorted(p.name for p in kept.iterdir())
+    # The kernel's view at the failure names the connection, with its TCP variables.
+    shown = (kept / f"{lab.name}-peer-ss-at-failure.txt").read_text()
+    rows = [r for r in shown.splitlines() if r.startswith("ESTAB")]
+    assert rows and f"{ours[0]}:{ours[1]}" in rows[0] and f":{PORT}" in rows[0], shown
+    assert " mss:" in shown and " rtt:" in shown, shown
+    assert f"{lab.name}-peer-ss-at-removal.txt" in names, names
+    counters = json.loads((kept / f"{lab.name}-peer-nstat-at-removal.json").read_text())
+    assert counters["TcpPassiveOpens"] == 1
+    # Our TCB dump at the failure has the connection with its variables; the one
+    # taken before the stack closed has it ended.
+    (stack_label,) = {n.split("-tcb-")[0] for n in names if "-tcb-" in n}
+    dump = json.loads((kept / f"{stack_label}-tcb-at-failure.json").read_text())
+    (row,) = [c for c in dump["connections"] if tuple(c["local"]) == ours]
+    assert row["state"] == "ESTABLISHED" and row["info"]["snd_nxt"]
+    assert (kept / f"{stack_label}-tcb-at-close.json").exists()
+    trace = (kept / f"{stack_label}-trace.txt").read_text()
+    assert "ESTABLISHED" in trace, trace[:2000]
+    # Both pcaps hold the connection's segments, its data among them.
+    for path in (kept / f"{lab.name}-peer.pcap", kept / f"{stack_label}.pcapng"):
+        mine = _connection_in(path, ours)
+        assert any(seg.syn for seg in mine) and any(seg.fin for seg in mine), path
+        payload = b"".join(seg.payload for seg in mine)
+        assert b"question" in payload and b"answer" in payload, path
+    # Nothing is left in the scratch directory.
+    assert not (tmp_path / "scratch").exists()
+
+
+@pytest.mark.skipif(
+    os.environ.get("TCPSTACK_FAIL_ON_PURPOSE") != "1", reason="run by the test below only"
+)
+def test_that_fails_on_purpose() -> None:
+    with Lab("veth") as lab, _endpoint(lab) as stack:
+        s, peer = connect(stack, lab)
+        s.sendall(b"evidence")
+        assert _recv_exactly(peer, 8) == b"evidence"
+        raise AssertionError("failed on purpose")
+
+
+def test_the_suite_keeps_the_evidence_of_a_failing_test_and_only_of_it(tmp_path: Path) -> None:
+    # The whole wiring, in a pytest of its own: one test fails, the other passes.
+    here = Path(__file__)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{here}::test_that_fails_on_purpose",
+            f"{here}::test_each_lab_is_fresh_with_its_kernel_settings_pinned[veth]",
+        ],
+        cwd=here.parents[2],
+        env={**os.environ, "TCPSTACK_FAIL_ON_PURPOSE": "1", "TCPSTACK_EVIDENCE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 failed, 1 passed" in result.stdout, result.stdout
+    (kept,) = tmp_path.iterdir()
+    assert kept.name.endswith("test_that_fails_on_purpose"), kept
+    assert str(kept) in result.stdout
+    names = {p.name for p in kept.iterdir()}
+    assert any(n.endswith("-peer.pcap") for n in names), names
+    assert any(n.endswith("-peer-ss-at-removal.txt") for n in names), names
+    assert any(n.endswith("-peer-nstat-at-removal.json") for n in names), names
+    assert any(n.endswith("-tcb-at-close.json") for n in names), names
+    (ours,) = [n for n in names if n.startswith("stack") and n.endswith(".pcapng")]
+    peer_pcap = next(kept / n for n in names if n.endswith("-peer.pcap"))
+    for path in (kept / ours, peer_pcap):
+        payload = b"".join(p.segment.payload for f in _pcap_frames(path) if (p := _tcp(f)))
+        assert b"evidence" in payload, path
 
 
 # ----------------------------------------------------------------------- C-02

@@ -288,10 +288,7 @@ def test_the_coverage_tables_have_four_cells_and_a_summary_per_group() -> None:
         assert f"- {letter}, {title} ({count}): " in text
 
 
-# Gate 0 asks for every scenario in it to be checked in full by CI; a few are only
-# partly checked so far (see the report of scripts/conformance-matrix --check).
-# strict=False, so it turns into an XPASS the day it holds; then drop the mark.
-@pytest.mark.xfail(strict=False, reason="Gate 0 gaps; see conformance-matrix --check")
+# Gate 0 asks for every scenario in it to be checked in full by CI.
 def test_every_gate_0_scenario_is_fully_checked_in_ci() -> None:
     assert matrix.gate_zero_problems(coverage.locate(list(SCRIPTS), list(EXTENDED))) == []
 
