@@ -50,7 +50,7 @@ from tcpstack.core.ratelimit import PerSecondLimit
 from tcpstack.core.segment import Flags, Options, Segment
 from tcpstack.core.state import State
 from tcpstack.hooks import DELAY, DROP, DUPLICATE, Hook, HookContext
-from tcpstack.isn import IsnFunction, Rfc6528Isn
+from tcpstack.isn import IsnFunction, Rfc6528Isn, TimestampOffsets
 from tcpstack.link import Link
 from tcpstack.syncookies import SynCookies
 from tcpstack.trace import (
@@ -153,6 +153,7 @@ class Engine:
         self.config = config
         self.clock = clock
         self.isn: IsnFunction = isn or Rfc6528Isn()
+        self.ts_offsets = TimestampOffsets()
         # Reentrant so an observer may read the stack (stats, connections) from its callback.
         self.lock = _EngineLock()
         self.lock.on_free = self._drain_tx
@@ -512,10 +513,12 @@ class Engine:
             if rewritten is None:
                 return  # a hook took it: dropped, or input later (delayed) or now (altered)
             packet, seg = rewritten, rewritten.segment
-        if flow is not None and flow.conn.state is State.TIME_WAIT and self._reopens(flow, seg):
-            # RFC 9293 §3.6.1 (MAY-2): a new SYN with a higher sequence number may
-            # reopen a 4-tuple in TIME-WAIT; Linux accepts it, so we do too.
+        reopen_iss = None
+        if flow is not None and seg.dst_port in self.listeners and flow.conn.reopens_time_wait(seg):
+            # RFC 9293 §3.6.1 (MAY-2) with RFC 6191: a new SYN may reopen a 4-tuple
+            # in TIME-WAIT; Linux accepts it, so we do too.
             self.stats["time_wait_reopened"] += 1
+            reopen_iss = flow.conn.next_incarnation_iss
             flow.conn.abort(now)  # TIME-WAIT -> CLOSED; its socket sees it end
             self.pump(flow, now)
             flow = None
@@ -532,7 +535,7 @@ class Engine:
                     )  # fmt: skip
                 self._reset_unknown(packet, seg, now)
                 return
-            flow = self._listener_input(listener, packet, now, frame)
+            flow = self._listener_input(listener, packet, now, frame, reopen_iss)
             if flow is None:
                 return
         else:
@@ -606,15 +609,6 @@ class Engine:
             log.exception("abort failed too")
             self._forget(flow)
 
-    def _reopens(self, flow: Flow, seg: Segment) -> bool:
-        return (
-            seg.syn
-            and not seg.has_ack
-            and not seg.rst
-            and seq.gt(seg.seq, flow.conn.rcv_nxt)
-            and seg.dst_port in self.listeners
-        )
-
     def _reset_unknown(self, packet: wire.TcpPacket, seg: Segment, now: float) -> None:
         self.stats["tcp_no_connection"] += 1
         reply = reset_for_unknown(seg)
@@ -633,8 +627,15 @@ class Engine:
         self._send_segment(packet.src_ip, reply, now, record)
 
     def _listener_input(
-        self, listener: Listener, packet: wire.TcpPacket, now: float, frame: bytes = b""
+        self,
+        listener: Listener,
+        packet: wire.TcpPacket,
+        now: float,
+        frame: bytes = b"",
+        iss: int | None = None,
     ) -> Flow | None:
+        """A segment for LISTENER with no connection; ISS, if given, for the one a
+        SYN starts (a 4-tuple reopened from TIME-WAIT)."""
         seg = packet.segment
         four = (self.ip, seg.dst_port, packet.src_ip, seg.src_port)
         if seg.syn and not seg.has_ack and not seg.rst:
@@ -666,8 +667,8 @@ class Engine:
             listener.config,
             seg.dst_port,
             0,
-            iss=self.isn(*four),
-            ts_offset=self._ts_offset(),
+            iss=self.isn(*four) if iss is None else iss,
+            ts_offset=self.ts_offsets(self.ip, packet.src_ip),
             name=f"{seg.dst_port}<{packet.src_ip}:{seg.src_port}",
             challenge_limit=self.challenge_limit,
         )
@@ -879,10 +880,6 @@ class Engine:
             case ConnectionClosed():
                 pass
 
-    def _ts_offset(self) -> int:
-        # RFC 7323 §5.4: a random offset per connection, so TSval leaks no clock.
-        return random.getrandbits(32)
-
     def totals(self) -> dict[str, int]:
         """Engine counters plus every connection's, live and ended."""
         totals = Counter(self.stats)
@@ -1058,7 +1055,7 @@ class Engine:
             local_port,
             remote_port,
             iss=iss,
-            ts_offset=self._ts_offset(),
+            ts_offset=self.ts_offsets(self.ip, remote_ip),
             name=f"{local_port}>{remote_ip}:{remote_port}",
             challenge_limit=self.challenge_limit,
         )

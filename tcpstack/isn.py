@@ -1,8 +1,13 @@
-"""Initial sequence numbers per RFC 6528 (RFC 9293 §3.4.1).
+"""Initial sequence numbers per RFC 6528 (RFC 9293 §3.4.1), and timestamp offsets.
 
 ISN = M + F(localip, localport, remoteip, remoteport, secretkey), where M is a
 clock ticking every 4 microseconds and F a keyed hash, so ISNs for one 4-tuple
 keep increasing while those of different 4-tuples are unrelated to an observer.
+
+Timestamps (RFC 7323 §5.4) start from an offset keyed the same way, on the pair of
+addresses, as Linux does: TSval leaks no clock to an observer, yet keeps rising
+from one connection between two hosts to the next, which is what lets a SYN with
+a newer timestamp reopen a 4-tuple still in TIME-WAIT (RFC 6191), at either end.
 """
 
 from __future__ import annotations
@@ -41,3 +46,14 @@ def fixed_isn(value: int) -> IsnFunction:
         return value & seq.MASK
 
     return isn
+
+
+class TimestampOffsets:
+    """(local_ip, remote_ip) -> the offset of TSval for connections between them."""
+
+    def __init__(self, *, secret: bytes | None = None) -> None:
+        self._key = secret if secret is not None else os.urandom(32)
+
+    def __call__(self, local_ip: str, remote_ip: str) -> int:
+        pair = f"{local_ip}>{remote_ip}".encode()
+        return int.from_bytes(hashlib.blake2s(pair, key=self._key, digest_size=4).digest(), "big")

@@ -454,6 +454,29 @@ class TcpConnection:
         self.passive = True
         self._set_state(State.LISTEN, "listen()")
 
+    def reopens_time_wait(self, seg: Segment) -> bool:
+        """Whether SEG, arriving in TIME-WAIT, may start a new incarnation of this
+        4-tuple at once (RFC 9293 §3.6.1 MAY-2). With timestamps on both
+        incarnations RFC 6191 decides: a newer TSval, or an equal one with a
+        higher sequence number; an older TSval never, as PAWS would drop it.
+        Otherwise a sequence number above RCV.NXT (RFC 1122 §4.2.2.13). A SYN that
+        does not qualify meets TIME-WAIT's ACK, as any unacceptable segment does."""
+        if self.state is not State.TIME_WAIT or not seg.syn or seg.has_ack or seg.rst:
+            return False
+        ts = seg.options.timestamps
+        if self.ts_ok and ts is not None and self.config.timestamps:
+            if ts[0] == self.ts_recent:
+                return seq.gt(seg.seq, self.rcv_nxt)
+            return seq.gt(ts[0], self.ts_recent)
+        return seq.gt(seg.seq, self.rcv_nxt)
+
+    @property
+    def next_incarnation_iss(self) -> int:
+        """An ISS for a connection reopening this 4-tuple from TIME-WAIT: above every
+        sequence number this one used (MAY-2's condition), a window beyond SND.NXT
+        as Linux picks it."""
+        return seq.add(self.snd_nxt, 0xFFFF + 2)
+
     def set_congestion(self, name: str) -> None:
         """TCP_CONGESTION: choose the algorithm (before data flows, like Linux)."""
         self.cc = congestion.create(
@@ -1764,7 +1787,7 @@ class TcpConnection:
         )
 
     def _ts_value(self, now: float) -> int:
-        """Our TSval: a millisecond clock from a per-connection random offset (RFC 7323 §5.4)."""
+        """Our TSval: a millisecond clock from the offset the engine chose (RFC 7323 §5.4)."""
         return (int(now * 1000) + self._ts_offset) & seq.MASK
 
     # ------------------------------------------------------------------ state

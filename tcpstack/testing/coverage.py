@@ -304,8 +304,13 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         "D-10",
         "Urgent data",
         1,
-        missing="urgent data is taken inline and not signalled (MUST-30); M-07 covers odd "
-        "URG pointers only",
+        (
+            "tests/integration/test_urgent.py::test_linux_finds_the_urgent_byte_we_mark",
+            "tests/integration/test_urgent.py::test_we_find_the_urgent_byte_linux_marks",
+            "tests/unit/test_urgent.py::test_urg_is_processed_with_a_zero_receive_window",
+            "tests/unit/test_urgent.py::test_the_pointer_received_marks_the_octet_after_the_urgent_data",
+        ),
+        partial="URG with a zero window is checked in the core only, not against the kernel",
     ),
     Scenario(
         "D-11",
@@ -614,7 +619,14 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         "C-13",
         "Reusing a 4-tuple across TIME-WAIT",
         1,
-        missing="no test reconnects over a 4-tuple in TIME-WAIT",
+        (
+            "tests/integration/test_time_wait_reuse.py::"
+            "test_a_kernel_client_reconnects_to_our_port_in_time_wait",
+            "tests/integration/test_time_wait_reuse.py::"
+            "test_we_reconnect_to_a_kernel_server_in_time_wait",
+            "tests/unit/test_time_wait_reuse.py::"
+            "test_with_timestamps_a_newer_tsval_reopens_whatever_the_sequence_number",
+        ),
     ),
     Scenario(
         "C-14",

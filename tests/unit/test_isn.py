@@ -1,5 +1,5 @@
 from tcpstack.core import seq
-from tcpstack.isn import Rfc6528Isn, fixed_isn
+from tcpstack.isn import Rfc6528Isn, TimestampOffsets, fixed_isn
 
 
 class Clock:
@@ -39,3 +39,15 @@ def test_values_fit_32_bits_and_override_is_fixed() -> None:
     clock.ns = 2**40
     assert 0 <= Rfc6528Isn(clock_ns=clock)("a", 1, "b", 2) <= seq.MASK
     assert fixed_isn(2**32 + 5)("a", 1, "b", 2) == 5
+
+
+def test_timestamp_offsets_are_keyed_on_the_pair_of_addresses() -> None:
+    # RFC 7323 §5.4: no clock to read from TSval; but one offset for every connection
+    # between two hosts, so TSval keeps rising from one to the next (RFC 6191).
+    offsets = TimestampOffsets(secret=b"k" * 32)
+    a = offsets("198.18.0.2", "198.18.0.1")
+    assert offsets("198.18.0.2", "198.18.0.1") == a
+    assert offsets("198.18.0.2", "198.18.0.3") != a
+    assert offsets("198.18.0.1", "198.18.0.2") != a
+    assert TimestampOffsets(secret=b"j" * 32)("198.18.0.2", "198.18.0.1") != a
+    assert 0 <= a < 1 << 32
