@@ -92,6 +92,9 @@ class Reading:
     counters: dict[str, int]
     # Which of the lab's kernels: "peer", or "eut" for a kernel lab's second one.
     kernel: str = "peer"
+    # Whether the lab is a kernel-to-kernel reference pair (kind "kernel"): our
+    # endpoint has no part in what its kernels count.
+    reference: bool = False
 
     def since(self, earlier: Reading) -> Reading:
         """What moved after EARLIER, a reading of the same namespace."""
@@ -100,6 +103,7 @@ class Reading:
             self.namespace,
             {k: v - earlier.counters.get(k, 0) for k, v in self.counters.items()},
             self.kernel,
+            self.reference,
         )
 
 
@@ -122,6 +126,8 @@ def watched(counters: Mapping[str, int]) -> dict[str, int]:
 
 
 KERNELS = ("peer", "eut")
+# What an allowance may name besides KERNELS: both kernels of a reference pair.
+REFERENCE = "reference"
 
 
 def kernels(lab: LabLike) -> dict[str, str]:
@@ -186,7 +192,7 @@ class Watch:
                 with self._lock:
                     self.errors.append(f"cannot read {namespace} (lab {lab.name}): {exc!r}")
                 continue
-            taken.append(Reading(lab.name, namespace, counters, kernel))
+            taken.append(Reading(lab.name, namespace, counters, kernel, lab.kind == "kernel"))
         return taken
 
     def baseline(self, labs: Iterable[LabLike]) -> None:
@@ -213,10 +219,14 @@ class Watch:
         self, allowed: Collection[str], allowed_in: Mapping[str, Collection[str]] | None = None
     ) -> list[Finding]:
         """Moved counters not in ALLOWED, nor in ALLOWED_IN[kernel] for the kernel
-        ("peer" or "eut") that counted them."""
+        ("peer" or "eut") that counted them, nor, for a kernel of a reference pair, in
+        ALLOWED_IN["reference"]."""
         found = []
+        by_kernel = allowed_in or {}
         for reading in self.readings():
-            here = set(allowed) | set((allowed_in or {}).get(reading.kernel, ()))
+            here = set(allowed) | set(by_kernel.get(reading.kernel, ()))
+            if reading.reference:
+                here |= set(by_kernel.get(REFERENCE, ()))
             for name, value in unexpected(reading, here).items():
                 found.append(Finding(name, value, reading.lab, reading.namespace))
         return found

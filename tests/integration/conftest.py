@@ -105,7 +105,8 @@ def _allowed_counters(node: pytest.Item) -> tuple[set[str], dict[str, set[str]]]
     kernel, and those allowed in one kernel only.
 
     `kernel="eut"` (or "peer") limits a marker to that kernel of a lab (see
-    oracle.kernels). Other keyword arguments limit it to some parametrizations:
+    oracle.kernels), `kernel="reference"` to both kernels of a kernel-to-kernel
+    reference pair (a "kernel" lab). Other keyword arguments limit it to some parametrizations:
     `nstat_allows("TcpInCsumErrors", case=("a", "b"))` applies only where the
     parameter `case` is "a" or "b"."""
     allowed: set[str] = set()
@@ -115,8 +116,9 @@ def _allowed_counters(node: pytest.Item) -> tuple[set[str], dict[str, set[str]]]
         named.update(marker.args)
         conditions = dict(marker.kwargs)
         kernel = conditions.pop("kernel", None)
-        if kernel is not None and kernel not in oracle.KERNELS:
-            pytest.fail(f"nstat_allows: kernel must be one of {oracle.KERNELS}", pytrace=False)
+        names = (*oracle.KERNELS, oracle.REFERENCE)
+        if kernel is not None and kernel not in names:
+            pytest.fail(f"nstat_allows: kernel must be one of {names}", pytrace=False)
         if _marker_applies(node, marker, conditions):
             target = allowed if kernel is None else allowed_in.setdefault(kernel, set())
             target.update(marker.args)

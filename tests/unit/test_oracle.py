@@ -136,6 +136,19 @@ def test_an_allowance_for_one_kernel_excuses_only_that_kernel() -> None:
     assert watch.findings({"TcpExtTCPSYNChallenge"}) == []
 
 
+def test_a_reference_allowance_excuses_both_kernels_of_a_pair_and_no_other() -> None:
+    # Our run's lab and the kernel-to-kernel reference run beside it in one test.
+    kernels = FakeKernels()
+    kernels.counters["ours-peer"] = {"TcpExtTCPSYNChallenge": 1}
+    kernels.counters["ref-peer"] = {"TcpExtTCPSYNChallenge": 2}
+    kernels.counters["ref-eut"] = {"TcpExtTCPSYNChallenge": 3}
+    watch = kernels.watch()
+    watch.observe(FakeLab("ours", "tap"))
+    watch.observe(FakeLab("ref", "kernel"))
+    allowed = {oracle.REFERENCE: {"TcpExtTCPSYNChallenge"}}
+    assert [(f.namespace, f.value) for f in watch.findings((), allowed)] == [("ours-peer", 1)]
+
+
 def test_a_clean_watch_reports_nothing() -> None:
     kernels = FakeKernels()
     kernels.counters["a-peer"] = {"TcpExtTCPAbortOnData": 1}
