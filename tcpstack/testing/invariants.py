@@ -35,6 +35,8 @@ its own sequence space reaches. Numbering follows the conformance plan:
   that starts beyond the furthest right edge we advertised is unacceptable (RFC 9293
   §3.10.7.4) and does not count as sent: a blind attacker's forged segments, far
   off, are dropped by the endpoint and must not move that mark.
+* I-7  The right edge of the window we offer (SEG.ACK + SEG.WND scaled by our shift)
+  never moves left of the furthest one offered before (SHLD-14, RFC 7323 §2.4).
 * I-8  Once both SYNs carried timestamps, every segment but a RST carries one too
   (RFC 7323 §3.2), and without both it is never sent on a non-SYN segment; our TSval
   never decreases.
@@ -88,7 +90,7 @@ from tcpstack.trace import Address, SegmentEvent, StateEvent, TraceEvent
 __all__ = ["INVARIANTS", "MAX_VIOLATIONS", "TraceChecker", "Violation", "check_events"]
 
 # The ids of the invariants checked here, as Violation.invariant names them.
-INVARIANTS = ("I-1", "I-2", "I-3", "I-4", "I-6", "I-8", "I-10", "I-15")
+INVARIANTS = ("I-1", "I-2", "I-3", "I-4", "I-6", "I-7", "I-8", "I-10", "I-15")
 MAX_VIOLATIONS = 100
 # Sampled bytes kept per connection for the retransmission comparison of I-3.
 _SAMPLES = 32
@@ -458,7 +460,8 @@ class TraceChecker:
             ack = s.ack
             last = c.last_ack
             irs = c.irs
-            if last is not None and seq.lt(ack, last):
+            backwards = last is not None and seq.lt(ack, last)
+            if last is not None and backwards:
                 if not held:
                     self._flag(
                         "I-6",
@@ -475,6 +478,14 @@ class TraceChecker:
                     edge = seq.add(ack, s.window)
                 if c.our_edge is None or seq.gt(edge, c.our_edge):
                     c.our_edge = edge
+                elif seq.lt(edge, c.our_edge) and not (syn or held or backwards):
+                    # (An ACK gone backwards takes its edge along: I-6 says so.)
+                    self._flag(
+                        "I-7",
+                        ev,
+                        f"our right edge moved left: {_rel(edge, irs)} after "
+                        f"{_rel(c.our_edge, irs)}",
+                    )
                 if seq.gt(ack, c.peer_max):
                     self._flag(
                         "I-6",

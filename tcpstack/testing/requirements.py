@@ -176,9 +176,15 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "SHLD-14",
             "§3.8.6",
             "Do not shrink the window we offer: its right edge never moves left.",
-            "not met",
-            "untested: the edge is held and window-scale rounding goes up (RFC 7323 §2.4), "
-            "but no test asserts that the advertised right edge never retreats",
+            "met",
+            evidence=(
+                "tests/unit/test_window_edge.py::test_the_right_edge_we_offer_never_retreats",
+                "tests/unit/test_invariants.py::test_i7_our_right_edge_moving_left_is_found",
+                "tests/integration/test_recovery.py::test_eight_megabytes_each_way_under_impairment",
+                "tests/integration/test_recovery.py::test_our_reader_stops_for_two_seconds",
+            ),
+            note="The wire-trace checker's I-7 holds every segment every integration test "
+            "makes us send to it, against the kernel.",
         ),
         R(
             "SHLD-15",
@@ -1405,8 +1411,13 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "RFC5681-4.1",
             "§4.1",
             "After an idle period longer than the RTO, start again from the restart window.",
-            "not met",
-            "untested: the sender restarts cwnd after an RTO of idleness, but no test checks it",
+            "met",
+            evidence=(
+                "tests/unit/test_loss_recovery.py::"
+                "test_after_idling_longer_than_the_rto_the_sender_restarts_from_iw",
+            ),
+            note="The restart window is min(IW, cwnd), as RFC 5681 §4.1 says; Linux's "
+            "tcp_cwnd_restart is gentler, halving cwnd per idle RTO down to IW.",
         ),
         R(
             "RFC5681-4.2",

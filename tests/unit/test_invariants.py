@@ -385,6 +385,27 @@ def test_i4_a_blind_ack_half_the_space_behind_moves_no_edge() -> None:
     assert t.ids() == ["I-4"]
 
 
+# ------------------------------------------------------------------------- I-7
+
+
+def test_i7_our_right_edge_moving_left_is_found() -> None:
+    t = opened()  # our shift is 7: windows count in 128 bytes
+    t.inp("P.", 1, 1, data=bytes(1000))
+    t.out(".", 1, 1001, win=1000)  # edge 1001 + 128000
+    t.out(".", 1, 1001, win=990)  # 1001 + 126720: pulled back
+    found = t.check()
+    assert [v.invariant for v in found] == ["I-7"]
+    assert found[0].text == "our right edge moved left: 127721 after 129001"
+
+
+def test_i7_a_window_closing_as_data_arrives_keeps_the_edge() -> None:
+    t = opened()  # edge 1 + 128000
+    t.inp("P.", 1, 1, data=bytes(1280))
+    t.out(".", 1, 1281, win=990)  # 1281 + 126720: the same edge
+    t.out(".", 1, 1281, win=991)
+    assert t.ids() == []
+
+
 # ------------------------------------------------------------------------- I-6
 
 

@@ -9,6 +9,7 @@ import pytest
 from tcpstack.core import congestion, seq
 from tcpstack.core.reassembly import Reassembler
 from tcpstack.core.rtxqueue import Rack, RetransmitQueue
+from tcpstack.core.segment import Segment
 from tests.unit.helpers import (
     FULL,
     ISS,
@@ -290,3 +291,36 @@ def test_the_first_flight_is_ten_segments_whichever_side_opened(opening: str) ->
     d.conn.send(b"f" * 30_000)
     sent = d.flush()
     assert len(sent) == 10 and all(len(s.payload) == 1460 for s in sent)
+
+
+def _ack_each(d: Driver, sent: list[Segment]) -> None:
+    """ACK every segment on its own, and whatever those ACKs release, until all is."""
+    for _ in range(1000):
+        if not sent:
+            return
+        s = sent.pop(0)
+        sent += d.push(peer(".", R1, seq.add(s.seq, len(s.payload))), at=d.now + 0.001)
+    raise AssertionError("the sender never ran dry")
+
+
+@pytest.mark.parametrize("congestion_name", ["reno", "cubic"])
+def test_after_idling_longer_than_the_rto_the_sender_restarts_from_iw(
+    congestion_name: str,
+) -> None:
+    # RFC 5681 §4.1: cwnd grown in slow start is not trusted after an idle RTO.
+    config = replace(FULL, sack=False, timestamps=False, congestion=congestion_name)
+    d, _ = active(config, mss=MSS)
+    d.conn.send(b"x" * (10 * MSS))
+    _ack_each(d, d.flush())
+    assert d.conn.cc.cwnd == 20 * MSS
+    # Idle for less than the RTO: the grown window is used at once.
+    d.now += d.conn.rtt.rto / 2
+    d.conn.send(b"y" * (30 * MSS))
+    burst = d.flush()
+    assert len(burst) == 20
+    _ack_each(d, burst)
+    assert d.conn.cc.cwnd > 20 * MSS
+    # Idle for longer than the RTO: back to the initial window.
+    d.now += d.conn.rtt.rto * 1.5
+    d.conn.send(b"z" * (30 * MSS))
+    assert len(d.flush()) == 10
