@@ -938,6 +938,9 @@ class Socket:
             )
 
         self._wait(flow.cond, ready, self._deadline())
+        # Woken by our own close() in another thread, which may have reset the
+        # connection: EBADF, as for any call after close(), not the reset's ENOTCONN.
+        self._check_open()
         if conn.readable > 0:
             return flow
         self._raise_pending_error(flow)

@@ -84,6 +84,7 @@ HARD = "tests/unit/test_hardening.py::"
 WIRE = "tests/unit/test_wire.py::"
 ISN = "tests/unit/test_isn.py::"
 G0 = "tests/integration/test_gate0.py::"
+API = "tests/integration/test_api_and_syn_data.py::"
 EIGHT = REC + "test_eight_megabytes_each_way_under_impairment"
 
 
@@ -224,7 +225,7 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         "H-11",
         "Data on the kernel's SYN (Fast Open)",
         1,
-        missing="no test sends data on a kernel SYN",
+        (API + "test_fast_open_syn_data_is_acked_only_after_the_kernel_resends_it",),
     ),
     Scenario(
         "H-12",
@@ -647,7 +648,7 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         "C-17",
         "Closing a listener with unaccepted connections",
         1,
-        missing="no test closes a listener with connections queued",
+        (API + "test_closing_a_listener_resets_the_connections_nobody_accepted",),
     ),
     Scenario(
         "C-18",
@@ -907,7 +908,16 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         "L-09",
         "API calls from many threads",
         1,
-        missing="no test races send, recv, shutdown and close",
+        (
+            API + "test_close_ends_a_connect_still_waiting_for_its_syn_ack",
+            API + "test_a_sendall_blocked_on_a_zero_window_wakes_only_when_the_kernel_reads",
+            API + "test_shutdown_in_one_thread_releases_a_blocked_recv_and_sendall",
+            API + "test_close_in_one_thread_releases_blocked_recv_sendall_and_accept",
+            API + "test_a_recv_blocked_in_another_thread_fails_with_ebadf_on_close",
+            API + "test_threads_race_send_recv_shutdown_and_close",
+        ),
+        partial="no asyncio tasks, no two threads in recv() on one socket; a blocked send "
+        "wakes as soon as any space frees, where Linux waits for a third of the buffer",
     ),
     Scenario(
         "L-10",
