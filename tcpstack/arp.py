@@ -73,6 +73,10 @@ class ArpCache(Generic[Item]):
     def knows(self, ip: str) -> bool:
         return ip in self._entries
 
+    def forget(self, ip: str) -> None:
+        """Drop what we know of ip, so the next frame to it asks again."""
+        self._entries.pop(ip, None)
+
     def enqueue(self, ip: str, frame: Item, now: float) -> bool:
         """Hold a frame until ip resolves. Returns True if a request should go out now."""
         if ip not in self._pending and len(self._pending) >= self._max_pending:

@@ -103,6 +103,11 @@ class TcpConfig:
     """SYN-ACK retransmissions before a half-open connection is dropped
     (Linux tcp_synack_retries)."""
 
+    r1: int = 3
+    """Data retransmissions after which the connection reports delivery trouble and
+    the peer's link address is resolved again (RFC 9293 R1; Linux tcp_retries1). One
+    not below max_retries never comes into play: R2 ends the connection first."""
+
     max_retries: int = 15
     """Data retransmissions before the connection is aborted (Linux tcp_retries2, RFC 9293 R2)."""
 
@@ -124,6 +129,8 @@ class TcpConfig:
             raise ValueError(f"congestion must be 'cubic' or 'reno', not {self.congestion!r}")
         if self.send_buffer < 1:
             raise ValueError("send_buffer must be positive")
+        if self.r1 < 1:
+            raise ValueError("r1 must be at least 1")
         if not 0 < self.rto_min <= self.rto_initial <= self.rto_max:
             raise ValueError("need 0 < rto_min <= rto_initial <= rto_max")
         if self.msl < 0:

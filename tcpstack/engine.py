@@ -41,6 +41,7 @@ from tcpstack.core.events import (
     ConnectionReset,
     ConnectionTimedOut,
     ConnectionUnreachable,
+    DeliveryTrouble,
     Retransmitted,
     ReturnedToListen,
     StateChanged,
@@ -62,6 +63,7 @@ from tcpstack.trace import (
     TimerEvent,
     TraceEvent,
     TraceRecord,
+    TroubleEvent,
     UrgentEvent,
 )
 
@@ -832,6 +834,8 @@ class Engine:
                 )
             elif isinstance(event, UrgentDataArrived):
                 self._notify(UrgentEvent(now, local, remote, event.pending))
+            elif isinstance(event, DeliveryTrouble):
+                self._notify(TroubleEvent(now, local, remote, event.retransmissions))
         match event:
             case StateChanged(old=old, new=new):
                 if new is State.TIME_WAIT:
@@ -843,6 +847,11 @@ class Engine:
                         flow.conn.abort(self.clock())
                 elif old is State.TIME_WAIT:
                     self.time_wait_count -= 1
+            case DeliveryTrouble():
+                # Negative advice to our IP layer (MUST-20): its one route is the
+                # peer's link address, which may have moved (a failover, a new NIC).
+                # The next frame asks for it again.
+                self.arp.forget(flow.remote_ip)
             case ConnectionEstablished():
                 listener = flow.listener
                 if listener is not None and flow in listener.half_open:

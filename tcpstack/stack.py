@@ -519,6 +519,15 @@ class Socket:
         with self._engine.lock:
             return self._flow.conn.urgent_pending if self._flow is not None else 0
 
+    @property
+    def delivery_trouble(self) -> bool:
+        """True once R1 retransmissions of the same data went unanswered (RFC 9293
+        §3.8.3, SHLD-9): the peer may be gone, though the connection goes on until R2
+        (ETIMEDOUT). False again as soon as the peer acknowledges new data. The
+        moment it happens is also a trace event (tcpstack.trace.TroubleEvent)."""
+        with self._engine.lock:
+            return self._flow is not None and self._flow.conn.delivery_trouble
+
     def getsockname(self) -> Address:
         self._check_open()
         return self._local()

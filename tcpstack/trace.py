@@ -207,6 +207,30 @@ class UrgentEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class TroubleEvent:
+    """The connection reached R1 (RFC 9293 §3.8.3): `retransmissions` of the same
+    data went unacknowledged. It goes on until R2; the peer's link address is asked
+    for again."""
+
+    time: float
+    local: Address
+    remote: Address
+    retransmissions: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": "trouble",
+            "time": self.time,
+            "local": list(self.local),
+            "remote": list(self.remote),
+            "retransmissions": self.retransmissions,
+        }
+
+    def __str__(self) -> str:
+        return f"delivery trouble: {self.retransmissions} retransmissions unanswered (R1)"
+
+
+@dataclass(frozen=True, slots=True)
 class FrameEvent:
     """A frame that is not one of a connection's segments: ARP, ICMP, a segment to
     no connection (and our RST to it), or a frame we dropped (`note` says why)."""
@@ -229,7 +253,15 @@ class FrameEvent:
         return f"frame {self.direction} {len(self.frame)} bytes {self.note}".rstrip()
 
 
-TraceEvent = SegmentEvent | StateEvent | TimerEvent | RetransmitEvent | UrgentEvent | FrameEvent
+TraceEvent = (
+    SegmentEvent
+    | StateEvent
+    | TimerEvent
+    | RetransmitEvent
+    | UrgentEvent
+    | TroubleEvent
+    | FrameEvent
+)
 Subscriber = Callable[[TraceEvent], None]
 
 # The old name of SegmentEvent, kept for the ladder and scripts written against it.

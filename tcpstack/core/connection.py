@@ -38,6 +38,7 @@ from tcpstack.core.events import (
     ConnectionUnreachable,
     DataAcknowledged,
     DataReceived,
+    DeliveryTrouble,
     EofReceived,
     Event,
     Retransmitted,
@@ -214,6 +215,8 @@ class TcpConnection:
         self.ip_tos = 0
         # The last soft error an ICMP message reported (Linux's sk_err_soft).
         self.soft_error = 0
+        # R1 reached and nothing new acknowledged since (see DeliveryTrouble).
+        self.delivery_trouble = False
 
         # Negotiated in the handshake (RFC 7323, RFC 2018).
         self.snd_wscale = 0
@@ -680,6 +683,10 @@ class TcpConnection:
             self._rto_at = None  # nothing outstanding after all
             return
         self._retries += 1
+        if self._retries == self.config.r1:
+            self.delivery_trouble = True
+            self.stats["delivery_trouble"] += 1
+            self._events.append(DeliveryTrouble(self._retries))
         # RFC 5681 §3.1 / RFC 6298 §5.5: the loss window, then slow start back up,
         # with everything not SACKed deemed lost (RFC 8985 §6.3).
         self.cc.on_timeout(now, self._rtxq.outstanding)
@@ -1207,6 +1214,7 @@ class TcpConnection:
         delivered = self._rtxq.acknowledge(ack)
         self._measure_rtt(seg, now)
         self._retries = 0
+        self.delivery_trouble = False
         self._progress_at = now
         self._dupacks = 0
         self._tlp_armed = True

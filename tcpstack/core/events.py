@@ -106,6 +106,16 @@ class SoftError(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryTrouble(Event):
+    """R1 reached (RFC 9293 §3.8.3): the same data went out ``retransmissions`` times
+    and nothing new was acknowledged. The connection goes on until R2; the IP layer
+    should check its route to the peer (negative advice, MUST-20) and the application
+    hears of it (SHLD-9). Cleared by the next ACK of new data."""
+
+    retransmissions: int
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionUnreachable(Event):
     """An ICMP hard error ended the connection while it was opening; the connection
     is CLOSED, and ``errno`` says why (ECONNREFUSED for a port unreachable)."""

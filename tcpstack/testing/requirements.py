@@ -790,14 +790,19 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "MUST-20",
             "§3.8.3",
             "Give IP negative advice after R1 retransmissions; close the connection after R2.",
-            "deviated",
-            "R2 is there (max_retries, syn_retries: the connection ends in ETIMEDOUT), R1 is "
-            "not: the endpoint reaches on-link peers only, so there is no gateway for "
-            "negative advice to act on",
+            "met",
             evidence=(
                 "tests/unit/test_retransmit.py::test_retransmission_limit_aborts_with_timed_out",
                 "tests/unit/test_retransmit.py::test_syn_is_retransmitted_with_exponential_backoff_then_gives_up",
+                "tests/unit/test_retransmit.py::"
+                "test_r1_reports_delivery_trouble_once_and_new_data_acked_clears_it",
+                "tests/integration/test_delivery_trouble.py::"
+                "test_r1_tells_the_application_and_asks_for_the_peers_address_again",
             ),
+            note="Our peers are on-link, so the advice goes to the only route there is: "
+            "the peer's link address is forgotten and asked for again by ARP. R1 counts "
+            "data retransmissions (TcpConfig.r1, Linux's tcp_retries1); R2 is max_retries "
+            "and syn_retries (ETIMEDOUT).",
         ),
         R(
             "MUST-21",
@@ -816,15 +821,25 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "SHLD-9",
             "§3.8.3",
             "Tell the application of the trouble once R1 is reached, before R2.",
-            "not met",
-            "not implemented: the application hears only of the abort at R2 (ETIMEDOUT)",
+            "met",
+            evidence=(
+                "tests/unit/test_retransmit.py::"
+                "test_r1_reports_delivery_trouble_once_and_new_data_acked_clears_it",
+                "tests/integration/test_delivery_trouble.py::"
+                "test_r1_tells_the_application_and_asks_for_the_peers_address_again",
+            ),
+            note="Socket.delivery_trouble turns true, and a TroubleEvent goes to trace "
+            "subscribers; Linux tells the application nothing before R2.",
         ),
         R(
             "SHLD-10",
             "§3.8.3",
             "Set R1 to at least three retransmissions.",
-            "deviated",
-            "there is no R1 (see MUST-20)",
+            "met",
+            evidence=(
+                "tests/unit/test_retransmit.py::"
+                "test_r1_reports_delivery_trouble_once_and_new_data_acked_clears_it",
+            ),
         ),
         R(
             "SHLD-11",

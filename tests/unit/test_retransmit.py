@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from tcpstack.core.events import ConnectionTimedOut
+from tcpstack.core.events import ConnectionTimedOut, DeliveryTrouble
 from tcpstack.core.state import State
 from tests.unit.helpers import (
     CONFIG,
@@ -133,3 +133,24 @@ def test_after_a_syn_timeout_the_rto_is_at_least_three_seconds_until_measured() 
     d.push(seg("S.", d.r(0), d.l(1)))
     assert d.conn.state is State.ESTABLISHED and d.conn.rtt.srtt is None
     assert d.conn.rtt.rto >= 3.0
+
+
+def test_r1_reports_delivery_trouble_once_and_new_data_acked_clears_it() -> None:
+    # RFC 9293 §3.8.3: at R1 the application hears of it (SHLD-9) and IP gets
+    # negative advice (MUST-20, the engine's part); the connection goes on to R2.
+    assert CONFIG.r1 == 3  # SHLD-10: at least three retransmissions
+    d = established(config=replace(CONFIG, max_retries=8))
+    d.conn.send(b"x")
+    d.flush()
+    for _ in range(2):
+        assert d.fire_timer()
+    assert not d.conn.delivery_trouble
+    assert DeliveryTrouble not in d.event_types()
+    assert d.fire_timer()  # the third retransmission
+    assert d.conn.delivery_trouble
+    assert [e for e in d.events if isinstance(e, DeliveryTrouble)] == [DeliveryTrouble(3)]
+    assert d.fire_timer()  # still going, and said only once
+    assert d.event_types().count(DeliveryTrouble) == 1
+    d.push(seg(".", d.r(1), d.l(2)), at=d.now + 0.01)
+    assert not d.conn.delivery_trouble and d.conn.state is State.ESTABLISHED
+    assert d.conn.stats["delivery_trouble"] == 1
