@@ -108,6 +108,12 @@ class TcpConfig:
     the peer's link address is resolved again (RFC 9293 R1; Linux tcp_retries1). One
     not below max_retries never comes into play: R2 ends the connection first."""
 
+    ecn: str = "accept"
+    """Explicit Congestion Notification (RFC 3168), as Linux's tcp_ecn: "on" asks for
+    it in our SYNs, "accept" (Linux's default) uses it when the peer asks, "off"
+    never. In use, new data goes out ECT(0), congestion marks are echoed with ECE
+    until the sender's CWR, and an ECE halves cwnd once per window of data."""
+
     max_retries: int = 15
     """Data retransmissions before the connection is aborted (Linux tcp_retries2, RFC 9293 R2)."""
 
@@ -129,6 +135,8 @@ class TcpConfig:
             raise ValueError(f"congestion must be 'cubic' or 'reno', not {self.congestion!r}")
         if self.send_buffer < 1:
             raise ValueError("send_buffer must be positive")
+        if self.ecn not in ("on", "accept", "off"):
+            raise ValueError(f"ecn must be 'on', 'accept' or 'off', not {self.ecn!r}")
         if self.r1 < 1:
             raise ValueError("r1 must be at least 1")
         if not 0 < self.rto_min <= self.rto_initial <= self.rto_max:

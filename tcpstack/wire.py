@@ -260,7 +260,7 @@ def decode_frame(frame: Buffer, *, checksum_trusted: bool = False) -> Decoded:
     # IPv4. Checks run in a fixed order so each malformed frame has one reason.
     if flen < _ETH_LEN + _IP_LEN:
         _raise_short_ip(frame, flen)
-    vihl, _tos, total, _ident, frag, ttl, proto, _csum, src, dst = _IP.unpack_from(frame, _ETH_LEN)
+    vihl, tos, total, _ident, frag, ttl, proto, _csum, src, dst = _IP.unpack_from(frame, _ETH_LEN)
     hlen = _IP_LEN
     if vihl != 0x45:
         if vihl >> 4 != 4:
@@ -317,6 +317,7 @@ def decode_frame(frame: Buffer, *, checksum_trusted: bool = False) -> Decoded:
             options,
             bytes(frame[off + thl : end]),  # copies only when frame is a view or bytearray
             urgent,
+            tos & 3,
         )
         return TcpPacket(
             src_mac, dst_mac, socket.inet_ntoa(src), socket.inet_ntoa(dst), ttl, segment
@@ -509,7 +510,8 @@ def encode_tcp(
     partial_checksum: bool = False,
 ) -> bytes:
     """A complete Ethernet/IPv4/TCP frame for ``segment``, DF set as Linux sets it.
-    ``tos`` is the whole second octet of the IP header (DSCP and ECN bits).
+    ``tos`` is the second octet of the IP header, to which the segment's own ECN
+    field (``segment.ecn``) is added.
 
     partial_checksum=True leaves the TCP checksum to the device, as checksum offload
     does: the field holds only the folded pseudo-header sum, uncomplemented, and the
@@ -537,7 +539,7 @@ def encode_tcp(
     dst = socket.inet_aton(dst_ip)
     addr_sum = int.from_bytes(src, "big") + int.from_bytes(dst, "big")
     ip_id &= 0xFFFF
-    tos &= 0xFF
+    tos = (tos | segment.ecn) & 0xFF
     ip_csum = _fold_complement(
         0x4500 + tos + total + ip_id + _IP_DF + (ttl << 8) + PROTO_TCP + addr_sum
     )

@@ -32,6 +32,10 @@ class CongestionControl(Protocol):
     def on_timeout(self, now: float, flight: int) -> None:
         """A retransmission timeout: ssthresh from the flight, cwnd to one segment."""
 
+    def on_timeout_again(self) -> None:
+        """Another timeout in the same recovery: cwnd back to one segment, keeping
+        ssthresh and what undo() would restore (Linux's tcp_enter_loss likewise)."""
+
     def restart_after_idle(self) -> None:
         """RFC 5681 §4.1: after an idle period longer than the RTO, restart from IW."""
 
@@ -78,6 +82,10 @@ class Reno:
         self._saved = (self.cwnd, self.ssthresh)
         self.ssthresh = max(flight // 2, 2 * self.mss)
         self.cwnd = self.mss  # the loss window, RFC 5681 §3.1
+        self._avoidance_credit = 0
+
+    def on_timeout_again(self) -> None:
+        self.cwnd = self.mss
         self._avoidance_credit = 0
 
     def restart_after_idle(self) -> None:
@@ -160,6 +168,10 @@ class Cubic:
 
     def on_timeout(self, now: float, flight: int) -> None:
         self.on_congestion(now, flight)
+        self.cwnd = self.mss
+        self._epoch = None
+
+    def on_timeout_again(self) -> None:
         self.cwnd = self.mss
         self._epoch = None
 

@@ -51,7 +51,7 @@ from tcpstack.core.ratelimit import PerSecondLimit
 from tcpstack.core.reassembly import Reassembler
 from tcpstack.core.rtt import RttEstimator
 from tcpstack.core.rtxqueue import Rack, RetransmitQueue, Sent
-from tcpstack.core.segment import NO_OPTIONS, Flags, Options, Segment
+from tcpstack.core.segment import CE, ECT_0, NO_OPTIONS, NOT_ECT, Flags, Options, Segment
 from tcpstack.core.state import State
 
 log = logging.getLogger("tcpstack.core")
@@ -60,6 +60,9 @@ _ACK: Final = Flags.ACK
 _RST: Final = Flags.RST
 _SYN_ONLY: Final = Flags.SYN
 _SYN_ACK: Final = Flags.SYN | Flags.ACK
+_ECN_SETUP: Final = Flags.ECE | Flags.CWR  # an ECN-setup SYN (RFC 3168 §6.1.1)
+# Retransmissions that probe rather than repair (Retransmitted.reason).
+_PROBES: Final = ("tail_probe", "probe")
 _MAX_FIELD: Final = 0xFFFF
 # Linux's tcp_min_snd_mss: a tiny announced MSS is raised to this (CVE-2019-11479).
 _MIN_SEND_MSS: Final = 48
@@ -173,6 +176,22 @@ class TcpInfo:
     counters: dict[str, int]
 
 
+def _dsack(seg: Segment) -> tuple[int, int] | None:
+    """The D-SACK block of SEG, if any (RFC 2883 §4): a first SACK block that lies
+    below the cumulative ACK, or inside the second block."""
+    blocks = seg.options.sack_blocks
+    if not blocks:
+        return None
+    left, right = blocks[0]
+    if not seq.lt(left, right):
+        return None
+    if seq.le(right, seg.ack):
+        return left, right
+    if len(blocks) > 1 and seq.ge(left, blocks[1][0]) and seq.le(right, blocks[1][1]):
+        return left, right
+    return None
+
+
 class TcpConnection:
     """A TCB plus the event processing of RFC 9293 §3.10."""
 
@@ -223,6 +242,13 @@ class TcpConnection:
         self.rcv_wscale = 0
         self.sack_ok = False
         self.ts_ok = False
+        # RFC 3168: in use; an ECE to send on every ACK until the sender's CWR; a CWR
+        # to send on the next new data; the SND.NXT at our last reduction for an ECE.
+        self.ecn_ok = False
+        self._ecn_asked = config.ecn == "on"
+        self._ece_pending = False
+        self._cwr_pending = False
+        self._ecn_high: int | None = None
         self._peer_syn_options = NO_OPTIONS
         self._ts_offset = ts_offset & seq.MASK
         self.ts_recent = 0
@@ -268,6 +294,11 @@ class TcpConnection:
         self._tlp_due = False
         self._tlp_armed = True  # one probe per flight, re-armed by an ACK that advances
         self._retrans_stamp: int | None = None  # our TSval at the episode's first retransmission
+        # Bytes retransmitted in the current recovery episode and not yet reported
+        # duplicate by a D-SACK (RFC 2883); None outside an episode. At zero every
+        # retransmission was needless, and the reduction is undone (RFC 3708).
+        self._undo_bytes: int | None = None
+        self._episode_retransmitted = 0  # bytes, the same episode, D-SACKed or not
 
         # Receive sequence space.
         self.irs = 0
@@ -600,7 +631,7 @@ class TcpConnection:
             State.FIN_WAIT_2,
             State.CLOSE_WAIT,
         ):
-            self._control.append(self._make(self.snd_nxt, 0, _RST))
+            self._control.append(self._make(self.snd_nxt, 0, _RST, now=now))
             self.stats["resets_sent"] += 1
         if self.state is not State.CLOSED:
             self._enter_closed("abort()")
@@ -666,6 +697,9 @@ class TcpConnection:
             # behind it, after a close() in SYN-RECEIVED, goes again with it.
             self._retries += 1
             self._syn_timed_out = True
+            # A SYN sent again goes without ECN-setup bits, in case a middlebox
+            # dropped the first for them (RFC 3168 §6.1.1.1; Linux's ecn fallback).
+            self._ecn_asked = False
             self._syn_sent = False
             self.stats["retransmissions"] += 1
             self._events.append(Retransmitted(self.iss, 0, "syn"))
@@ -689,7 +723,11 @@ class TcpConnection:
             self._events.append(DeliveryTrouble(self._retries))
         # RFC 5681 §3.1 / RFC 6298 §5.5: the loss window, then slow start back up,
         # with everything not SACKed deemed lost (RFC 8985 §6.3).
-        self.cc.on_timeout(now, self._rtxq.outstanding)
+        if self.recovery == "open":
+            self.cc.on_timeout(now, self._rtxq.outstanding)
+            self._undo_bytes = self._episode_retransmitted = 0
+        else:
+            self.cc.on_timeout_again()
         head = self._rtxq.head
         if head is not None and head.sacked:
             # SND.UNA sits on data the receiver SACKed: it reneged (RFC 2018 §8),
@@ -800,6 +838,7 @@ class TcpConnection:
         self.remote_port = seg.src_port
         self._take_syn(seg, now)
         self._negotiate(seg.options)
+        self.ecn_ok = self.config.ecn != "off" and seg.flags & _ECN_SETUP == _ECN_SETUP
         self.snd_nxt = seq.add(self.iss, 1)
         self._set_state(State.SYN_RECEIVED, seg)
 
@@ -809,7 +848,7 @@ class TcpConnection:
         if seg.has_ack:
             if seq.le(seg.ack, self.iss) or seq.gt(seg.ack, self.snd_nxt):
                 if not seg.rst:
-                    self._control.append(self._make(seg.ack, 0, _RST))
+                    self._control.append(self._make(seg.ack, 0, _RST, now=now))
                     self.stats["resets_sent"] += 1
                 self.stats["drop_syn_sent_bad_ack"] += 1
                 return
@@ -827,6 +866,8 @@ class TcpConnection:
             return
         self._take_syn(seg, now)
         self._negotiate(seg.options)
+        # An ECN-setup SYN-ACK has ECE without CWR; a SYN crossing ours sets up nothing.
+        self.ecn_ok = ack_ok and self._ecn_asked and seg.flags & _ECN_SETUP == Flags.ECE
         if ack_ok:
             self._advance_una(seg, now)
         if seq.gt(self.snd_una, self.iss):
@@ -962,6 +1003,8 @@ class TcpConnection:
         if not seg.has_ack:
             self.stats["drop_no_ack"] += 1
             return
+        if self.ecn_ok:
+            self._on_ecn(seg, now)
         if not self._on_ack(seg, now):
             return
         if self._keepalive_at is not None:
@@ -1077,6 +1120,32 @@ class TcpConnection:
             self._last_oow_ack = now
         self._ack_due = True
 
+    def _on_ecn(self, seg: Segment, now: float) -> None:
+        """RFC 3168 §6.1.2 and §6.1.3, on a segment that passed the checks before ACK."""
+        flags = seg.flags
+        if flags & Flags.CWR:
+            self._ece_pending = False  # the sender has reduced: stop echoing
+        if seg.ecn == CE:
+            # A router saw congestion: echo it on every ACK until the sender's CWR,
+            # and send the first at once rather than after the delayed-ACK time.
+            self._ece_pending = True
+            self._ack_due = True
+            self.stats["ce_received"] += 1
+        if not flags & Flags.ECE:
+            return
+        ack = seg.ack
+        if seq.lt(ack, self.snd_una) or seq.gt(ack, self.snd_nxt):
+            return  # an old ACK's echo is stale; one for unsent data is not acceptable
+        if self._ecn_high is not None and seq.lt(ack, self._ecn_high):
+            return  # once per window of data: this one was sent before our reduction
+        self._ecn_high = self.snd_nxt
+        self._cwr_pending = True
+        if self.recovery == "open":
+            # As for a loss, without a retransmission (RFC 3168 §6.1.2); in loss
+            # recovery cwnd is down already, and CWR just says so.
+            self.cc.on_congestion(now, self._rtxq.outstanding)
+            self.stats["ecn_reductions"] += 1
+
     def _on_ack(self, seg: Segment, now: float) -> bool:
         """Fifth check. Returns False if the segment must be dropped."""
         ack = seg.ack
@@ -1091,7 +1160,7 @@ class TcpConnection:
                     # A close() made in SYN-RECEIVED takes effect now (§3.10.4).
                     self._set_state(State.FIN_WAIT_1, "queued close()")
             else:
-                self._control.append(self._make(ack, 0, _RST))
+                self._control.append(self._make(ack, 0, _RST, now=now))
                 self.stats["resets_sent"] += 1
                 self.stats["drop_syn_received_bad_ack"] += 1
                 return False
@@ -1108,6 +1177,8 @@ class TcpConnection:
             return False
 
         window = seg.window << self.snd_wscale
+        if self._undo_bytes and self.sack_ok and seg.options.sack_blocks:
+            self._count_dsack(seg)
         delivered: list[Sent] = []
         if seq.gt(ack, self.snd_una):
             delivered = self._advance_una(seg, now)
@@ -1236,7 +1307,10 @@ class TcpConnection:
 
     def _measure_rtt(self, seg: Segment, now: float) -> None:
         ts = seg.options.timestamps if self.ts_ok else None
-        if ts is not None and ts[1] != 0:
+        if ts is not None and ts[1] != 0 and (not self.sack_ok or _dsack(seg) is None):
+            # (An ACK with a D-SACK answers a duplicate whose TSval the peer did not
+            # take, RFC 7323 §4.3: it echoes an older segment's, perhaps one sent
+            # before a whole run of lost ACKs, and would time that, not the path.)
             # RFC 7323 §4.1: the echoed timestamp times this very transmission, so
             # retransmissions can be measured too (Karn's rule does not apply).
             elapsed_ms = seq.sub(self._ts_value(now), ts[1])
@@ -1250,6 +1324,26 @@ class TcpConnection:
             self.rtt.sample(now - self._rtt_sent_at)
             self._rtt_seq = None
 
+    def _count_dsack(self, seg: Segment) -> None:
+        """What a D-SACK reports arrived twice, so our retransmission of it was
+        needless."""
+        dsack = _dsack(seg)
+        if dsack is not None and self._undo_bytes is not None:
+            self.stats["dsacks_received"] += 1
+            self._undo_bytes = max(self._undo_bytes - seq.sub(dsack[1], dsack[0]), 0)
+
+    def _undo(self) -> None:
+        """The recovery episode was for nothing: restore cwnd and forget the losses."""
+        self.stats["spurious_recoveries_undone"] += 1
+        self.cc.undo()
+        self.recovery = "open"
+        self._retrans_stamp = None
+        self._undo_bytes = None
+        self._reno_sacked = 0
+        for record in self._rtxq.unsacked():
+            if record.lost:
+                self._rtxq.retransmitted(record, record.xmit_time)
+
     def _on_new_ack(self, acked: int, now: float, tsecr: int | None) -> None:
         """Congestion control and recovery bookkeeping for an ACK that moved SND.UNA."""
         if (
@@ -1262,18 +1356,19 @@ class TcpConnection:
             # our first retransmission, so the original arrived (late, reordered)
             # and the retransmissions were spurious. Undo the reduction, as Linux's
             # tcp_try_undo_recovery() does, and allow more reordering from now on.
-            self.stats["spurious_recoveries_undone"] += 1
-            self.cc.undo()
             self._rack.reo_wnd_mult = min(self._rack.reo_wnd_mult + 1, 16)
             self._rack.reordering_seen = True
-            self.recovery = "open"
-            self._retrans_stamp = None
-            self._reno_sacked = 0
-            for record in self._rtxq.unsacked():
-                if record.lost:
-                    self._rtxq.retransmitted(record, record.xmit_time)
+            self._undo()
+            return
+        if self.recovery != "open" and self._undo_bytes == 0 and self._episode_retransmitted:
+            # Every retransmission came back reported duplicate (D-SACK): the data
+            # had arrived, only ACKs were lost or late (RFC 3708; Linux's
+            # tcp_try_undo_dsack and undo_retrans).
+            self.stats["dsack_undos"] += 1
+            self._undo()
             return
         if self.recovery == "open":
+            self._undo_bytes = None
             self._retrans_stamp = None
             self._reno_sacked = 0
             self.cc.on_ack(acked, now, self.rtt.srtt)
@@ -1286,6 +1381,7 @@ class TcpConnection:
             self.recovery = "open"
             self._reno_sacked = 0
             self._retrans_stamp = None
+            self._undo_bytes = None
             return
         if self.recovery == "loss":
             # After an RTO the window grows in slow start as retransmissions are ACKed.
@@ -1321,6 +1417,7 @@ class TcpConnection:
         if self.recovery == "open":
             self.stats["fast_retransmits"] += 1
             self.cc.on_congestion(now, self._rtxq.outstanding)
+            self._undo_bytes = self._episode_retransmitted = 0
             self.recovery = "recovery"
             self._recover = self.snd_nxt
             self._force_rtx = True
@@ -1536,6 +1633,11 @@ class TcpConnection:
         options = Options(
             mss=config.announced_mss, wscale=wscale, sack_permitted=sack, timestamps=ts
         )
+        if flags & Flags.ACK:
+            if self.ecn_ok:
+                flags |= Flags.ECE
+        elif self._ecn_asked:
+            flags |= _ECN_SETUP
         return Segment(self.local_port, self.remote_port, self.iss, ack, flags, window, options)
 
     def _data_nxt(self) -> int:
@@ -1597,7 +1699,13 @@ class TcpConnection:
         if n and seq.add(record.start, n) == data_end:
             flags |= Flags.PSH
         out.append(self._make(record.start, self.rcv_nxt, flags, payload, now=now))
-        if self._retrans_stamp is None and self.ts_ok:
+        if self._undo_bytes is not None and reason not in _PROBES:
+            self._undo_bytes += max(n, 1)
+            self._episode_retransmitted += max(n, 1)
+        if self._retrans_stamp is None and self.ts_ok and reason not in _PROBES:
+            # Where a recovery episode starts, for Eifel. A probe starts none: the
+            # peer's answer to it echoes its TSval, and taken as the start it would
+            # hide that a later timeout was spurious.
             self._retrans_stamp = self._ts_value(now)
         self._rtxq.retransmitted(record, now)
         self._events.append(Retransmitted(record.start, n, reason))
@@ -1629,6 +1737,17 @@ class TcpConnection:
         """Send one new segment if possible, else the last one again (RFC 8985 §7.3)."""
         self._tlp_due = False
         if sent_anything:
+            return
+        offset = self._snd_off + seq.sub(self.snd_nxt, self._buf_seq)
+        available = len(self._snd_buf) - offset
+        usable = seq.sub(seq.add(self.snd_una, self.snd_wnd), self.snd_nxt)
+        if available > 0 and usable > 0 and self._fin_seq is None:
+            # New data the peer's window allows goes first, whatever cwnd says: it
+            # probes as well and is no duplicate if the tail did arrive.
+            n = min(available, usable, mss)
+            self._send_data(out, offset, n, fin=self._fin_queued and n == available, now=now)
+            self.stats["tail_loss_probes_new_data"] += 1
+            self._rto_at = now + self.rtt.rto
             return
         tail = self._rtxq.tail
         if tail is None:
@@ -1685,7 +1804,9 @@ class TcpConnection:
         self._send_data(out, offset, n, fin=fin, now=now)
         return not fin
 
-    def _send_data(self, out: list[Segment], offset: int, n: int, *, fin: bool, now: float) -> None:
+    def _send_data(
+        self, out: list[Segment], offset: int, n: int, *, fin: bool, now: float, probe: bool = False
+    ) -> None:
         available = len(self._snd_buf) - offset
         payload = bytes(self._snd_buf[offset : offset + n]) if n > 0 else b""
         flags = _ACK
@@ -1693,7 +1814,16 @@ class TcpConnection:
             flags |= Flags.PSH
         if fin:
             flags |= Flags.FIN
-        out.append(self._make(self.snd_nxt, self.rcv_nxt, flags, payload, now=now))
+        ecn = NOT_ECT
+        if self.ecn_ok and n > 0:
+            # New data only is ECN-capable: never a window probe, a pure ACK, a SYN
+            # or a retransmission (RFC 3168 §6.1.1, §6.1.4 to §6.1.6).
+            if not probe:
+                ecn = ECT_0
+            if self._cwr_pending:
+                flags |= Flags.CWR
+                self._cwr_pending = False
+        out.append(self._make(self.snd_nxt, self.rcv_nxt, flags, payload, now=now, ecn=ecn))
         if self.snd_una == self.snd_nxt:
             self._progress_at = now  # nothing was outstanding: the user timeout starts now
         end = seq.add(self.snd_nxt, n + (1 if fin else 0))
@@ -1732,7 +1862,7 @@ class TcpConnection:
         # Never a zero-length probe: Linux does not answer one at SND.NXT (it is in
         # its window and carries nothing to acknowledge). One byte, or what fits.
         n = max(1, min(usable, self.send_mss - self._option_overhead(), available))
-        self._send_data(out, offset, n, fin=False, now=now)
+        self._send_data(out, offset, n, fin=False, now=now, probe=True)
         return False
 
     def _make(
@@ -1743,11 +1873,23 @@ class TcpConnection:
         payload: bytes = b"",
         *,
         now: float | None = None,
+        ecn: int = NOT_ECT,
     ) -> Segment:
         """A segment with our window, timestamps and SACK blocks as negotiated."""
         if flags & _RST:
+            # With timestamps agreed, a RST carries them too (RFC 7323 §3.2), as
+            # Linux's do; the peer's PAWS never drops a RST (§5.3).
+            stamped = NO_OPTIONS
+            if self.ts_ok and now is not None:
+                stamped = Options(timestamps=(self._ts_value(now), self.ts_recent))
             return Segment(
-                self.local_port, self.remote_port, seq_no & seq.MASK, ack & seq.MASK, flags, 0
+                self.local_port,
+                self.remote_port,
+                seq_no & seq.MASK,
+                ack & seq.MASK,
+                flags,
+                0,
+                stamped,
             )
         edge = self._receive_edge()
         window = seq.sub(edge, self.rcv_nxt)
@@ -1771,6 +1913,8 @@ class TcpConnection:
                 self.stats["sack_blocks_sent"] += len(blocks)
             options = Options(timestamps=ts, sack_blocks=blocks)
         if flags & _ACK:
+            if self._ece_pending:
+                flags |= Flags.ECE
             self._last_ack_sent = ack
             self._ack_due = False
             self._delack_at = None
@@ -1792,6 +1936,7 @@ class TcpConnection:
             options,
             payload,
             urgent,
+            ecn,
         )
 
     def _ts_value(self, now: float) -> int:

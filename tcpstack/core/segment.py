@@ -111,12 +111,21 @@ class Options:
 NO_OPTIONS = Options()
 
 
+# The ECN field of the IP header (RFC 3168 §5).
+NOT_ECT = 0
+ECT_1 = 1
+ECT_0 = 2
+CE = 3
+
+
 @dataclass(frozen=True, slots=True)
 class Segment:
     """One TCP segment, without its IP addresses.
 
     ``ack`` is only meaningful when ``flags`` has ACK; decoders keep the raw field
-    so traces show what was on the wire.
+    so traces show what was on the wire. ``ecn`` is the ECN field of the IP header
+    the segment rides in (RFC 3168 §5: NOT_ECT, ECT_1, ECT_0 or CE): an IP matter,
+    kept here because TCP is what sets and reads it.
     """
 
     src_port: int
@@ -128,6 +137,7 @@ class Segment:
     options: Options = NO_OPTIONS
     payload: bytes = b""
     urgent: int = 0
+    ecn: int = 0
 
     @property
     def has_ack(self) -> bool:

@@ -167,6 +167,64 @@ def test_tail_loss_probe_resends_the_last_segment_before_the_rto() -> None:
     assert d.conn.stats["tail_loss_probes"] == 1 and d.conn.stats["timeouts"] == 0
 
 
+def test_tail_loss_probe_sends_new_data_when_there_is_some() -> None:
+    # RFC 8985 §7.3: new data the peer's window allows goes first, beyond cwnd: it
+    # probes as well, and is no duplicate should the tail have arrived.
+    d = sack_conn()
+    d.conn.send(b"x" * (40 * 1448))
+    flight = d.flush()
+    sent_to = d.conn.snd_nxt
+    probe_at = d.conn.get_timer()
+    assert probe_at is not None
+    (probe,) = d.advance(probe_at)
+    assert probe.seq == sent_to and len(probe.payload) == 1448
+    assert d.conn.stats["tail_loss_probes_new_data"] == 1 and flight
+
+
+def _timed_out(d: Driver, n: int) -> list[tuple[int, int]]:
+    """n segments out, no ACK: the tail loss probe, then the RTO's retransmission."""
+    segs = sending(d, n)
+    while not d.conn.stats["timeouts"]:
+        d.fire_timer()
+    assert d.conn.recovery == "loss"
+    return segs
+
+
+def test_a_timeout_whose_retransmission_comes_back_dsacked_is_undone() -> None:
+    # Only ACKs were lost: the data had arrived, and the peer reports the
+    # retransmission of the head as a duplicate (RFC 2883), so the reduction goes
+    # (RFC 3708; Linux's undo_retrans).
+    d = sack_conn()
+    before = d.conn.cc.cwnd
+    segs = _timed_out(d, 5)
+    assert d.conn.cc.cwnd == d.conn.cc.mss
+    srtt = d.conn.rtt.srtt
+    # An echo Eifel cannot tell from the retransmission's: the D-SACK decides.
+    d.now += 0.005
+    d.push(peer(".", R1, segs[-1][1], ts=ts_of(d), sack=(segs[0],)))
+    assert d.conn.stats["dsack_undos"] == 1 and d.conn.stats["spurious_recoveries_undone"] == 1
+    assert d.conn.recovery == "open" and d.conn.cc.cwnd >= before
+    # And an ACK with a D-SACK gives no RTT sample: it answers a duplicate whose
+    # TSval the peer did not take, so its echo is some older segment's.
+    assert d.conn.rtt.srtt == srtt
+
+
+def test_a_tail_probe_does_not_start_the_eifel_episode() -> None:
+    # The RTO's retransmission is what Eifel compares against: an ACK echoing the
+    # tail probe's TSval shows the timeout was spurious.
+    d = sack_conn()
+    segs = sending(d, 5)
+    d.now += 0.002
+    probe_at = d.conn.get_timer()
+    assert probe_at is not None
+    (probe,) = d.advance(probe_at)
+    assert probe.options.timestamps is not None
+    while not d.conn.stats["timeouts"]:
+        d.fire_timer()
+    d.push(peer(".", R1, segs[-1][1], ts=(PEER_TS + 3, probe.options.timestamps[0])))
+    assert d.conn.stats["spurious_recoveries_undone"] == 1 and d.conn.recovery == "open"
+
+
 def test_rto_goes_back_and_retransmits_in_slow_start() -> None:
     d = sack_conn()
     segs = sending(d, 5)
