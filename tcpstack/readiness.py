@@ -58,6 +58,13 @@ class ReadinessFd:
         self._user.close()
         self._ours.close()
 
+    def abandon(self) -> None:
+        """Close our end, and forget the end handed out without closing it: after an
+        error on it, someone else may have closed it already, and its number may
+        now be another file's."""
+        self._user.detach()
+        self._ours.close()
+
 
 def _drain(end: _socket.socket) -> None:
     while True:

@@ -634,7 +634,7 @@ class Socket:
             # its way to failing). Only this socket's readiness is lost, never the
             # engine that called us.
             self._ready = None
-            ready.close()
+            ready.abandon()
 
     def _readiness(self) -> tuple[bool, bool]:
         """(readable, writable) as Linux's tcp_poll would say for select()."""
