@@ -92,7 +92,8 @@ _NTH_MODULUS = 0xFFFF_FFFF
 # (the conformance plan's §4.5; packetdrill's defaults.sh pins likewise). Each is the
 # Linux default except tcp_no_metrics_save, on so that one connection's cached RTT and
 # ssthresh do not shape the next. A key this kernel lacks is skipped (`Lab.pinned`
-# holds those written).
+# holds those written). Congestion control is not pinned: a namespace may only choose
+# among the host's allowed ones, so it keeps the host's default (BBR on this machine).
 PINNED_SYSCTLS = {
     "net.ipv4.tcp_no_metrics_save": "1",
     "net.ipv4.tcp_rfc1337": "0",

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import resource
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tcpstack import wire
-from tcpstack.testing.peer import Craft, craft_text
+from tcpstack.core.segment import Flags
+from tcpstack.lab import read_nstat
+from tcpstack.stack import Socket
+from tcpstack.testing.peer import Craft, Received, craft_text
+from tcpstack.testing.script import pattern
 
 if TYPE_CHECKING:
     from tcpstack.testing.script import Conversation
@@ -1301,4 +1307,410 @@ scripted(
         body=lambda c: _reassembly(c, tuple(itertools.permutations(range(5)))),
     ),
     extended=True,
+)
+
+
+def _fill_window(c: Conversation) -> int:
+    """Send data in order up to the right edge the device offers, reading none of it,
+    until the device acknowledges everything with a zero window. Returns RCV.NXT."""
+    nxt = 1
+    edge = nxt + c.dut_window  # the peer offered no window scaling
+    for _ in range(100):
+        while nxt < edge:
+            n = min(1460, edge - nxt)
+            c.inject(f"P. {nxt}:{nxt + n}({n}) ack 1 win 65535")
+            nxt += n
+        # Linux may hold the ACK of the last segment for its delayed-ACK time.
+        answers = c.collect(0.1) or c.collect(0.5)
+        if not answers:
+            c.fail(f"no ACK for the data up to {nxt}")
+        last = answers[-1]
+        ack = (last.ack - c.conn.peer_isn) & 0xFFFFFFFF
+        if ack == nxt and last.window == 0:
+            return nxt
+        edge = max(edge, ack + last.window)
+    c.fail("the device never advertised a zero window")
+    raise AssertionError  # unreachable: fail() raises
+
+
+def _zero_window_fin(c: Conversation) -> None:
+    c.run(PASSIVE)
+    n = _fill_window(c)
+    c.run(
+        f"""
+        +0     < F. {n + 1}:{n + 1}(0) ack 1 win 65535     # beyond the empty window
+        +0     > . 1:1(0) ack {n} win 0
+        # Data has no room, and the FIN behind it cannot be taken without it.
+        +0     < FP. {n}:{n + 10}(10) ack 1 win 65535
+        +0     > . 1:1(0) ack {n} win 0
+        +0     state ESTABLISHED
+        +0     < F. {n}:{n}(0) ack 1 win 65535             # a bare FIN at RCV.NXT
+        +0     > . 1:1(0) ack {n + 1} win 0
+        +0     state CLOSE_WAIT
+        +0     read {n - 1} -> {n - 1}
+        +0     read 100 -> EOF
+        +0     close
+        +0     > F. 1:1(0) ack {n + 1}
+        +0     < . {n + 1}:{n + 1}(0) ack 2 win 65535
+        +0     state CLOSED
+        """
+    )
+
+
+scripted(
+    Scripted(
+        "C-10",
+        "A bare FIN at RCV.NXT is taken into a zero window; data or a FIN beyond it is not",
+        ("RFC9293-3.10.7.4",),
+        body=_zero_window_fin,
+        deviations=(
+            Deviation(
+                "tcpstack",
+                ("RFC9293-3.10.7.4",),
+                "a FIN without data exactly at RCV.NXT is taken while the receive window "
+                "is zero, as Linux takes it: it needs no buffer space, and a peer whose "
+                "FIN is refused can only send it again; table 6 counts the FIN in SEG.LEN "
+                "and so would refuse it",
+            ),
+            Deviation(
+                "linux",
+                ("RFC9293-3.10.7.4",),
+                "Linux takes a FIN without data at RCV.NXT into a zero window (its "
+                "zero-window check in tcp_data_queue() lets a bare FIN through); table 6 "
+                "would refuse it",
+            ),
+        ),
+        # A small buffer, so that a few segments close the window.
+        settings={"receive_buffer": 16384},
+    )
+)
+
+
+_GIB = 1 << 30
+_SEQ_SPACE = 1 << 32
+
+
+def _extreme_fields(c: Conversation) -> None:
+    # Peak RSS of this process: for our endpoint, which runs in it, a buffer sized
+    # from the ~1 GiB window or an ACK's jump would show here.
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    c.run("+0 listen 8080")
+    # Port 0 is reserved, but neither device refuses it as a source: a SYN from it
+    # gets a SYN-ACK like any other.
+    c.restart(0)
+    c.run(
+        """
+        +0     < S 0:0(0) win 65535 <mss 1460>
+        +0     > S. 0:0(0) ack 1 <mss 1460>
+        +0     < R 1:1(0) win 0
+        +0     < P. 1:11(10) ack 7 win 65535             # no connection now
+        +0     > R 7:7(0)
+        """
+    )
+    # To port 0 nothing listens: reset, as for any closed port.
+    c.restart(40000)
+    c.run(
+        """
+        +0     port 0
+        +0     < S 0:0(0) win 65535 <mss 1460>
+        +0     > R. 0:0(0) ack 1
+        +0     < P. 1:11(10) ack 7 win 65535
+        +0     > R 7:7(0)
+        """
+    )
+    c.restart(40001)
+    c.run(
+        """
+        +0     port 8080
+        +0     < S 0:0(0) win 65535 <mss 1460,nop,wscale 14>
+        +0     > S. 0:0(0) ack 1 <mss 1460,wscale *>
+        +0     < . 1:1(0) ack 1 win 65535                # 65535 << 14: almost 1 GiB
+        +0     accept
+        +0     write 30000 -> 30000
+        """
+    )
+    # The window is no reason to send more than the initial congestion window.
+    # (Keyed by sequence number: a retransmission is not more data in flight.)
+    flight = {seg.seq: seg for seg in c.collect(0.1) or c.collect(0.5)}
+    sent = sum(len(seg.payload) for seg in flight.values())
+    if not 0 < sent <= 10 * 1460:
+        c.fail(f"a first flight of {sent} octets into a 1 GiB window, not 1..{10 * 1460}")
+    c.inject(f". 1:1(0) ack {1 + sent} win 65535")
+    _drain(c, 1 + sent, 30001)
+    una = 30001  # SND.UNA = SND.NXT: everything is acknowledged
+
+    def ack(delta: int) -> int:
+        return (una + delta) % _SEQ_SPACE
+
+    c.run(
+        f"""
+        +0     < . 1:1(0) ack {ack(_GIB)} win 65535      # 1 GiB past SND.NXT
+        +0     > . {una}:{una}(0) ack 1
+        +0     < . 1:1(0) ack {ack(2**31 - 1)} win 65535  # as far ahead as there is
+        +0     > . {una}:{una}(0) ack 1
+        +0     < . 1:1(0) ack {ack(1 - 2**31)} win 65535  # as far behind
+        +0     > . {una}:{una}(0) ack 1
+        +0     < . 1:1(0) ack {ack(-_GIB - _GIB // 2)} win 65535   # past MAX.SND.WND
+        +0     > . {una}:{una}(0) ack 1
+        # Within MAX.SND.WND, but before the ISS: bytes never sent (see the deviation).
+        +0     < . 1:1(0) ack {ack(-_GIB // 2)} win 65535
+        [linux] +0 > . {una}:{una}(0) ack 1
+        +0     < . 1:1(0) ack {ack(-1000)} win 65535      # an old duplicate
+        +0     quiet 0.1
+        # Data under an impossible ACK is dropped with it.
+        +0     < P. 1:11(10) ack {ack(_GIB)} win 65535
+        +0     > . {una}:{una}(0) ack 1
+        +0     < P. 1:11(10) ack {una} win 65535
+        +0     > . {una}:{una}(0) ack 11
+        +0     read 100 -> 10
+        +0     write 1000 -> 1000
+        +0     > P?. {una}:{una + 1000}(1000) ack 11
+        +0     < . 11:11(0) ack {una + 1000} win 65535
+        +0     quiet 0.1
+        +0     state ESTABLISHED
+        """
+    )
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before
+    if grown > 64 * 1024:
+        c.fail(f"the peak RSS grew by {grown // 1024} MiB over a few segments")
+
+
+scripted(
+    Scripted(
+        "M-09",
+        "A ~1 GiB window, port 0, and ACKs far ahead of SND.NXT or behind SND.UNA",
+        ("MUST-1", "RFC5961-5.2"),
+        body=_extreme_fields,
+        deviations=(
+            Deviation(
+                "linux",
+                ("RFC5961-5.2",),
+                "Linux caps MAX.SND.WND at the data acknowledged so far, so an ACK of "
+                "octets before its ISS gets a challenge ACK even within the largest "
+                "window the peer offered, where RFC 5961 §5.2 takes it as a duplicate",
+            ),
+        ),
+    )
+)
+
+
+def _send_octets(c: Conversation, start: int, length: int) -> None:
+    """Inject `length` octets of the stream at relative `start`, with no transcript
+    line: a flood of thousands would drown the transcript."""
+    c.peer.send(
+        c.peer.frame(
+            src_port=c.conn.peer_port,
+            dst_port=c.conn.dut_port or 0,
+            seq=c.conn.peer_isn + start,
+            ack=(c.conn.dut_isn or 0) + 1,
+            flags=int(Flags.PSH | Flags.ACK),
+            window=65535,
+            payload=pattern(start - 1, length),
+        )
+    )
+
+
+def _replies(
+    c: Conversation,
+    quiet: float,
+    *,
+    sack_from: int | None = None,
+    ack_from: int | None = None,
+) -> list[Received]:
+    """The device's segments on the connection until one SACKs `sack_from` first or
+    ACKs `ack_from` or beyond (relative), or until `quiet` seconds pass without any."""
+    out = []
+    while (got := c.peer.receive(quiet)) is not None:
+        seg = got.packet.segment
+        if seg.dst_port != c.conn.peer_port or seg.src_port != c.conn.dut_port:
+            continue
+        out.append(got)
+        if sack_from is not None and seg.options.sack_blocks:
+            if _rel(c, seg.options.sack_blocks[0][0]) == sack_from:
+                break
+        if ack_from is not None and _rel(c, seg.ack) >= ack_from:
+            break
+    return out
+
+
+def _rel(c: Conversation, number: int) -> int:
+    """A sequence number of the peer's, relative to its ISN."""
+    return (number - c.conn.peer_isn) & 0xFFFFFFFF
+
+
+def _ooo_flood(c: Conversation, count: int, batch: int = 100) -> None:
+    """`count` one-octet segments, each with a hole before it, then the holes filled
+    one by one from the device's ACKs, as a sender would: the device must keep its
+    memory for them bounded, never SACK an octet it was not sent, and deliver the
+    stream intact, the held octets included."""
+    c.run(
+        """
+        +0     listen 8080
+        +0     < S 0:0(0) win 65535 <mss 1460,sackOK,nop,wscale 7>
+        """
+    )
+    shift = c.expect("S. 0:0(0) ack 1 <mss 1460,sackOK,wscale *>").options.wscale or 0
+    c.run(
+        """
+        +0     < . 1:1(0) ack 1 win 65535
+        +0     accept
+        +0     < P. 2:3(1) ack 1 win 65535               # octet 1 is the first hole
+        """
+    )
+    window = c.expect(". 1:1(0) ack 1 <sack 2:3>").window << shift
+    end = 2 * count + 1
+    if end > 1 + window:
+        c.fail(f"{count} segments need a window of {end - 1} octets, not {window}")
+    took: list[float] = []  # how long the device took over each batch
+    replies = 0
+    for low in range(2, count + 1, batch):
+        high = min(count, low + batch - 1)
+        began = time.monotonic()
+        for k in range(low, high + 1):
+            _send_octets(c, 2 * k, 1)
+        # Ours SACKs each segment; Linux compresses its SACKs and may leave the last
+        # one for later, so a short silence ends the batch as well.
+        got = _replies(c, 0.03, sack_from=2 * high)
+        replies += len(got)
+        took.append(got[-1].time - began if got else 0.0)
+        for answer in got:
+            seg = answer.packet.segment
+            if _rel(c, seg.ack) != 1:
+                c.fail(f"ack {_rel(c, seg.ack)} while octet 1 is still missing")
+            for left, right in seg.options.sack_blocks:
+                left, right = _rel(c, left), _rel(c, right)
+                if right != left + 1 or left % 2 or not 2 <= left <= 2 * high:
+                    c.fail(f"SACK block {left}:{right}: not one octet that was sent")
+        if len(took) >= 10:
+            # Held segments must not make each new one dearer: a cost linear in what
+            # is held makes the whole flood quadratic.
+            first, recent = statistics.median(took[:5]), statistics.median(took[-5:])
+            if recent > 10 * first and recent > first + 0.25:
+                c.fail(
+                    f"{batch} segments took {recent:.3f} s with {high} held, "
+                    f"{first:.3f} s at the start"
+                )
+    _replies(c, 0.2)  # whatever is still on its way
+    c.note(
+        f"{count} one-octet segments sent, {replies} ACKs; a batch took "
+        f"{took[0]:.3f} s first, {took[-1]:.3f} s last"
+    )
+    if isinstance(c.sock, Socket) and (conn := c.sock.connection) is not None:
+        held = conn.ooo_segments  # blocks, each one octet here
+        c.note(f"our endpoint holds {held} out-of-order blocks")
+        bound = min(count, conn.config.receive_buffer)  # what was sent, what fits
+        if held > bound:
+            c.fail(f"{held} out-of-order octets held, more than {bound}")
+    else:
+        counters = read_nstat(c.dut.lab.endpoint_netns)
+        names = ("TcpExtTCPOFOQueue", "TcpExtTCPOFODrop", "TcpExtOfoPruned", "TcpExtPruneCalled")
+        c.note("Linux: " + ", ".join(f"{n[6:]} {counters.get(n, 0)}" for n in names))
+    # Fill: the octet at RCV.NXT while the device still SACKs something above it,
+    # then the rest in full segments.
+    ack, held_more, steps = 1, True, 0
+    while ack < end:
+        if held_more:
+            _send_octets(c, ack, 1)
+            steps += 1
+            target = ack + 1
+        else:
+            for start in range(ack, end, 1460):
+                _send_octets(c, start, min(1460, end - start))
+            target = end
+        got = _replies(c, 1.0, ack_from=target)
+        if not got or _rel(c, got[-1].packet.segment.ack) < target:
+            c.fail(f"no ACK of {target} with the stream sent up to it")
+        last = got[-1].packet.segment
+        ack, held_more = _rel(c, last.ack), bool(last.options.sack_blocks)
+        unread = ack - 1 - c.read_offset
+        if unread >= 16384:
+            c.run(f"+0 read {unread}")  # so that tiny segments never fill its buffer
+    c.note(f"the holes filled in {steps} one-octet segments")
+    left = end - 1 - c.read_offset
+    c.run(f"+0 read {left} -> {left}")
+
+
+scripted(
+    Scripted(
+        "L-05",
+        "A thousand one-octet segments out of order: memory bounded, SACKs truthful, "
+        "the stream intact once the holes fill",
+        ("SHLD-31", "RFC2018-4"),
+        body=lambda c: _ooo_flood(c, 1000),
+    )
+)
+
+scripted(
+    Scripted(
+        "L-05-20k",
+        "L-05 with 20,000 segments, and the cost of each new one must not grow",
+        ("SHLD-31", "RFC2018-4"),
+        body=lambda c: _ooo_flood(c, 20000),
+    ),
+    extended=True,
+)
+
+
+def _timestamps_missing(c: Conversation) -> None:
+    c.run(
+        """
+        +0     listen 8080
+        +0     < S 0:0(0) win 65535 <mss 1460,nop,nop,TS val 1000 ecr 0>
+        """
+    )
+    synack = c.expect("S. 0:0(0) ack 1 <mss 1460,TS val * ecr 1000>")
+    tsval = synack.options.timestamps[0] if synack.options.timestamps else 0
+    c.run(
+        f"""
+        +0     < . 1:1(0) ack 1 win 65535 <nop,nop,TS val 1001 ecr {tsval}>
+        +0     accept
+        +0     < P. 1:101(100) ack 1 win 65535 <nop,nop,TS val 1002 ecr {tsval}>
+        +0     > . 1:1(0) ack 101 <TS val * ecr 1002>
+        # No TSopt: RFC 7323 §3.2 says drop it in silence; both take it (see the
+        # deviations), and echo the last timestamp they had.
+        +0     < P. 101:201(100) ack 1 win 65535
+        +0     > . 1:1(0) ack 201 <TS val * ecr 1002>
+        +0     read 1000 -> 200
+        +0     < P. 201:301(100) ack 1 win 65535 <nop,nop,TS val 1003 ecr {tsval}>
+        +0     > . 1:1(0) ack 301 <TS val * ecr 1003>
+        +0     read 1000 -> 100
+        +0     write 100 -> 100
+        +0     > P. 1:101(100) ack 301 <TS val * ecr 1003>
+        +0     < . 301:301(0) ack 101 win 65535 <nop,nop,TS val 1004 ecr {tsval}>
+        # Our endpoint takes segments in on a thread of its own: let this ACK in
+        # before the abort, or it finds no connection and is answered with a RST.
+        +0     quiet 0.05
+        # An abort: the RST carries TSopt on both (§3.2: SHOULD); Linux's has ACK too.
+        +0     linger0
+        +0     close
+        [linux]    +0 > R. 101:101(0) ack 301 <TS val * ecr 1004>
+        [tcpstack] +0 > R 101:101(0) <TS val * ecr 1004>
+        +0     state CLOSED
+        """
+    )
+
+
+scripted(
+    Scripted(
+        "O-08-missing-ts",
+        "Timestamps agreed: a segment without TSopt is still taken; a RST and its TSopt",
+        ("RFC7323-3.2", "RFC7323-3.2a"),
+        body=_timestamps_missing,
+        deviations=(
+            Deviation(
+                "tcpstack",
+                ("RFC7323-3.2a",),
+                "a non-RST segment without TSopt on a connection that agreed to "
+                "timestamps is processed as usual, as Linux does, where §3.2 says SHOULD "
+                "drop it silently: a middlebox that strips the option would otherwise "
+                "stall the connection",
+            ),
+            Deviation(
+                "linux",
+                ("RFC7323-3.2a",),
+                "Linux takes and ACKs a non-RST segment without TSopt on a connection "
+                "that agreed to timestamps, where §3.2 says SHOULD drop it silently",
+            ),
+        ),
+    )
 )

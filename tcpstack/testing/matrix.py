@@ -557,8 +557,8 @@ def coverage_data_problems(
         for test in s.tests:
             if not test.startswith("tests/") or "::" not in test:
                 out.append(f"{s.id}: {test!r} is not a pytest node id under tests/")
-        if s.partial and not s.tests:
-            out.append(f"{s.id}: a partial note without tests")
+        if s.partial and not s.tests and s.id not in scripted:
+            out.append(f"{s.id}: a partial note without a script or tests")
         if s.tests and s.missing:
             out.append(f"{s.id}: has tests, and a reason why it has none")
         if not s.tests and not s.missing and s.id not in scripted:
@@ -573,7 +573,7 @@ def gate_zero_problems(places: Iterable[Where]) -> list[str]:
         s = p.scenario
         if p.more_scripts:
             why = f"scripted only for `--all` ({', '.join(p.more_scripts)})"
-        elif s.tests:
+        elif s.tests or p.ci_scripts:
             why = f"only partly checked in CI: {s.partial}"
         else:
             why = f"not checked in CI: {s.missing or 'no script or test'}"

@@ -1143,8 +1143,22 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "SHLD-8",
             "§3.8.2",
             "Implement Explicit Congestion Notification (RFC 3168).",
-            "not met",
-            "not implemented: our SYNs offer no ECN and ECE/CWR are never sent",
+            "met",
+            evidence=(
+                "tests/unit/test_ecn.py::test_a_listener_answers_an_ecn_setup_syn_with_ece",
+                "tests/unit/test_ecn.py::"
+                "test_ece_halves_cwnd_once_per_window_and_the_next_new_data_carries_cwr",
+                "tests/unit/test_ecn.py::"
+                "test_congestion_experienced_is_echoed_at_once_until_the_senders_cwr",
+                "tests/unit/test_ecn.py::test_only_new_data_is_ect_not_acks_retransmissions_or_probes",
+                "tests/integration/test_ecn.py::test_a_kernel_that_asks_for_ecn_gets_it_unless_we_refuse",
+                "tests/integration/test_ecn.py::test_marks_on_our_data_make_us_reduce_and_say_cwr",
+                "tests/integration/test_ecn.py::"
+                "test_marks_on_the_kernels_data_are_echoed_until_it_says_cwr",
+            ),
+            note="As Linux's default (tcp_ecn = 2) we use ECN when the peer asks; "
+            'TcpConfig(ecn="on") asks too. A SYN sent again goes without the ECN-setup '
+            "bits, as Linux's fallback does.",
         ),
     ),
     *_group(
@@ -1486,9 +1500,10 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "RFC7323-3.2a",
             "§3.2",
             "Send timestamps on RSTs too, and drop non-RST segments that lack them.",
-            "not met",
-            "not implemented: our RSTs carry no options, and a segment without timestamps "
-            "on a connection that agreed to them is processed as usual",
+            "deviated",
+            "our RSTs carry timestamps, but a non-RST segment without them on a connection "
+            "that agreed to them is processed as usual, as Linux does: a middlebox that "
+            "strips the option would otherwise stall the connection",
         ),
         R(
             "RFC7323-4.3",

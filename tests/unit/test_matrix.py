@@ -242,7 +242,7 @@ def test_ids_outside_the_plan_and_bad_entries_are_reported() -> None:
         "catalogue Q-99: names no scenario of the plan",
         "catalogue weird: names no scenario of the plan",
         "H-99: gate 3, not 0, 1 or 2",
-        "H-99: a partial note without tests",
+        "H-99: a partial note without a script or tests",
         "H-99: neither scripted nor mapped to tests, and no reason given",
     ]
     odd = Scenario("E-01", "t", 1, ("unit/x.py::t",), missing="why")
