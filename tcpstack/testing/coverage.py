@@ -393,7 +393,13 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         partial="a simulated peer; RACK recovers before the doubled RTO the plan expects",
     ),
     Scenario(
-        "R-07", "Lost ACKs and stretch ACKs", 1, missing="no test drops the kernel's pure ACKs"
+        "R-07",
+        "Lost ACKs and stretch ACKs",
+        1,
+        (
+            "tests/integration/test_acks_and_timers.py::test_half_the_kernels_acks_lost_while_we_send",
+        ),
+        partial="an expected failure: at 50% ACK loss we still time out often (see README, Not yet)",
     ),
     Scenario(
         "R-08",
@@ -467,7 +473,15 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         ),
         partial="probe replies and the update threshold are not asserted on the wire",
     ),
-    Scenario("W-02", "Our window update is lost", 1, missing="no test drops our window updates"),
+    Scenario(
+        "W-02",
+        "Our window update is lost",
+        1,
+        (
+            "tests/integration/test_acks_and_timers.py::"
+            "test_lost_window_update_is_repaired_by_the_kernels_probe",
+        ),
+    ),
     Scenario(
         "W-03",
         "The kernel stops reading: we probe its zero window",
@@ -915,7 +929,17 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
             WIRE + "test_gso_super_frame_decodes",
         ),
     ),
-    Scenario("L-08", "Timers at scale; wall-clock steps", 1, missing="no test"),
+    Scenario(
+        "L-08",
+        "Timers at scale; wall-clock steps",
+        1,
+        (
+            "tests/integration/test_acks_and_timers.py::"
+            "test_timers_of_many_connections_fire_on_the_monotonic_clock",
+        ),
+        partial="300 connections, not 10,000; the wall clock stepped in our process only "
+        "(time.time patched), not the system's; no cost per timer measured",
+    ),
     Scenario(
         "L-09",
         "API calls from many threads",
