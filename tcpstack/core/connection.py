@@ -1796,8 +1796,11 @@ class TcpConnection:
         if n == mss and tso > mss:
             # Segmentation offload: one segment of as many whole MSS as the window,
             # cwnd and the link allow, which the link cuts up (Linux's TSO). Only the
-            # end of the data may leave a partial MSS at its tail.
-            n = min(available, usable, tso - tso % mss, max(budget, mss))
+            # end of the data may leave a partial MSS at its tail. Never more than
+            # half of cwnd, as Linux's tcp_cwnd_test: a flight of one super-segment
+            # draws one ACK, and with that ACK lost only a probe or an RTO goes on.
+            half = max(self.cc.cwnd // 2, mss)
+            n = min(available, usable, tso - tso % mss, max(budget, mss), half)
             if n < available:
                 n = max(n - n % mss, mss)
         fin = self._fin_queued and n == available

@@ -54,8 +54,10 @@ def test_tso_segment_never_exceeds_the_configured_limit() -> None:
 def test_rto_resends_one_mss_of_a_lost_offload_segment() -> None:
     d, _ = active(replace(TSO, sack=False, timestamps=False), mss=MSS)
     d.conn.send(b"x" * (10 * MSS))
-    (big,) = d.flush()
-    assert len(big.payload) == 10 * MSS
+    # IW10 in two offload segments: never more than half of cwnd in one (as Linux),
+    # so that a flight draws more than one ACK.
+    big, other = d.flush()
+    assert len(big.payload) == len(other.payload) == 5 * MSS
     # Nothing comes back: after the timeout cwnd is one segment, and so is the resend.
     resent = d.fire_timer()
     assert [(s.seq, len(s.payload)) for s in resent] == [(big.seq, MSS)]
@@ -89,7 +91,7 @@ def test_partial_sack_of_an_offload_segment_retransmits_only_the_hole() -> None:
     d.push(peer(".", R1, seq.add(s.seq, 4), ts=(PEER_TS, s.options.timestamps[0])), at=0.02)
     mss = MSS - 12
     d.conn.send(b"z" * (6 * mss))
-    (big,) = d.flush()
+    big = d.flush()[0]  # five MSS, half of cwnd; the sixth follows on its own
     start = big.seq
     # The second MSS of the offload segment was lost on the wire; the rest arrived.
     d.now += 0.0001
