@@ -78,7 +78,17 @@ def apply(conn: TcpConnection, key: Key, value: Value, now: float) -> None:
         conn.ip_ttl = DEFAULT_TTL if value == -1 else int(value)
     elif key == IP_TOS:
         conn.ip_tos = int(value) & ~_ECN_MASK & 0xFF
-    # SO_RCVBUF / SO_SNDBUF size the connection when it is created (_buffers).
+    elif key == (_socket.SOL_SOCKET, _socket.SO_RCVBUF):
+        # On a live connection too, as on Linux: see TcpConnection.set_receive_buffer.
+        conn.set_receive_buffer(receive_buffer_size(conn.config, int(value)))
+    # SO_SNDBUF sizes the connection when it is created (buffers()).
+
+
+def receive_buffer_size(config: TcpConfig, value: int) -> int:
+    """What SO_RCVBUF = value makes the receive buffer: doubled, as Linux does, and no
+    larger than the window can advertise."""
+    cap = 0xFFFF << (config.window_shift if config.window_scaling else 0)
+    return min(max(2 * value, 2048), cap)
 
 
 def buffers(config: TcpConfig, options: dict[Key, Value]) -> TcpConfig:
@@ -90,8 +100,7 @@ def buffers(config: TcpConfig, options: dict[Key, Value]) -> TcpConfig:
     if rcv is None and snd is None:
         return config
     if rcv is not None:
-        cap = 0xFFFF << (config.window_shift if config.window_scaling else 0)
-        config = replace(config, receive_buffer=min(max(2 * int(rcv), 2048), cap))
+        config = replace(config, receive_buffer=receive_buffer_size(config, int(rcv)))
     if snd is not None:
         config = replace(config, send_buffer=max(2 * int(snd), 4096))
     return config

@@ -236,6 +236,8 @@ class TcpConnection:
         self.soft_error = 0
         # R1 reached and nothing new acknowledged since (see DeliveryTrouble).
         self.delivery_trouble = False
+        # SO_RCVBUF shrank the buffer below a window already offered.
+        self._buffer_shrunk = False
 
         # Negotiated in the handshake (RFC 7323, RFC 2018).
         self.snd_wscale = 0
@@ -510,6 +512,15 @@ class TcpConnection:
         sequence number this one used (MAY-2's condition), a window beyond SND.NXT
         as Linux picks it."""
         return seq.add(self.snd_nxt, 0xFFFF + 2)
+
+    def set_receive_buffer(self, size: int) -> None:
+        """SO_RCVBUF on a live connection. A smaller buffer does not shrink the window
+        already offered (SHLD-14): the window closes as the data that fills it
+        arrives, and what the buffer cannot hold is trimmed, so the ACK says what we
+        took (scenario W-10; Linux drops such data too)."""
+        if size < self.config.receive_buffer:
+            self._buffer_shrunk = True
+        self.config = replace(self.config, receive_buffer=size)
 
     def set_congestion(self, name: str) -> None:
         """TCP_CONGESTION: choose the algorithm (before data flows, like Linux)."""
@@ -1444,8 +1455,13 @@ class TcpConnection:
                 self.stats["abort_on_data"] += 1
                 self.abort(now)
                 return
-            # Keep what fits in the window we advertised (never shrunk, §3.8.6.2.2).
+            # Keep what fits in the window we advertised (never shrunk, §3.8.6.2.2),
+            # and, once SO_RCVBUF made the buffer smaller than that window, in the
+            # buffer. (Otherwise the window-scale rounding may let a little more in
+            # than the buffer's size: we offered it, so we take it.)
             room = max(seq.sub(self._rcv_adv_edge, start), 0)
+            if self._buffer_shrunk:
+                room = min(room, max(seq.sub(seq.add(self.rcv_nxt, self.rcv_wnd), start), 0))
             if len(payload) > room:
                 payload = payload[:room]
                 fin = False  # the FIN lies beyond what we keep
@@ -1900,6 +1916,8 @@ class TcpConnection:
         # Round up so the advertised edge never moves left (RFC 7323 §2.4).
         field = min((window + (1 << shift) - 1) >> shift, _MAX_FIELD)
         self._rcv_adv_edge = seq.add(self.rcv_nxt, field << shift)
+        if self._buffer_shrunk and field << shift < self.rcv_wnd + (1 << shift):
+            self._buffer_shrunk = False  # the window offered fits the buffer again
         if not field:
             self.stats["zero_windows_sent"] += 1
         options = NO_OPTIONS

@@ -226,3 +226,22 @@ def test_defaults_keepalive_after_two_hours_and_r2_after_over_100_seconds() -> N
         total += rto
         rto = min(2 * rto, config.rto_max)
     assert total >= 100
+
+
+def test_a_buffer_made_smaller_keeps_the_window_offered_and_takes_what_fits() -> None:
+    # Scenario W-10: SO_RCVBUF lowered under an open window. The window offered does
+    # not shrink (SHLD-14), but in-window data beyond the smaller buffer is trimmed,
+    # and the ACK says what was taken.
+    d = established()
+    (ack,) = d.push(seg("P.", d.r(1), d.l(1), data=b"a" * 1000))
+    offered = ack.ack + ack.window
+    d.conn.set_receive_buffer(2048)
+    (ack,) = d.push(seg("P.", d.r(1001), d.l(1), data=b"b" * 4000))
+    assert ack.ack == d.r(2049)  # 1,048 bytes more fit in 2,048
+    assert ack.ack + ack.window >= offered  # the right edge held
+    assert d.conn.readable == 2048 and d.conn.stats["trimmed_to_window"] == 1
+    # Reading frees the buffer; the peer's resend of the rest is taken as it fits.
+    assert d.conn.receive(4096) == b"a" * 1000 + b"b" * 1048
+    d.flush()
+    (ack,) = d.push(seg("P.", d.r(2049), d.l(1), data=b"b" * 2952))
+    assert ack.ack == d.r(4097) and d.conn.readable == 2048
