@@ -10,7 +10,6 @@ kernel's as they leave, so we must echo ECE until the kernel says CWR.
 from __future__ import annotations
 
 import socket
-import threading
 
 import pytest
 
@@ -130,16 +129,27 @@ def test_we_ask_a_kernel_for_ecn_and_it_accepts(lab: Lab) -> None:
         peer.close()
 
 
+def _marked_transfer(lab: Lab, stack: Stack, hook: str) -> tuple[Recorder, bytes]:
+    """SIZE bytes, CE set on one ECN-capable packet in 100 at the kernel's `hook`:
+    "ingress" marks ours (we send), "egress" the kernel's (it sends)."""
+    recorder = stack.subscribe(Recorder())
+    s, peer = connect(stack, lab)
+    _mark_ce(lab, hook, every=100)
+    data = bytes(range(256)) * (SIZE // 256)
+    sender, receiver = (s, peer) if hook == "ingress" else (peer, s)
+    received = in_thread(recv_all, receiver)
+    sender.sendall(data)
+    sender.shutdown(socket.SHUT_WR)
+    got = received.result(TIMEOUT)
+    s.close()
+    peer.close()
+    return recorder, got
+
+
 def test_marks_on_our_data_make_us_reduce_and_say_cwr(lab: Lab) -> None:
     with open_stack(lab, config=TcpConfig(msl=MSL, ecn="on")) as stack:
-        recorder = stack.subscribe(Recorder())
-        s, peer = connect(stack, lab)
-        _mark_ce(lab, "ingress", every=100)
-        reader = in_thread(recv_all, peer)
-        data = bytes(range(256)) * (SIZE // 256)
-        s.sendall(data)
-        s.shutdown(1)
-        assert reader.result(TIMEOUT) == data
+        recorder, got = _marked_transfer(lab, stack, "ingress")
+        assert got == bytes(range(256)) * (SIZE // 256)
         stats = stack.stats()
         assert stats["ecn_reductions"] >= 1
         echoes = [e for e in _after_handshake(recorder, "in") if e.segment.flags & Flags.ECE]
@@ -148,21 +158,12 @@ def test_marks_on_our_data_make_us_reduce_and_say_cwr(lab: Lab) -> None:
         # Each CWR follows an echo, and the kernel stops echoing after one.
         assert cwrs[0].time >= echoes[0].time
         assert stats.get("retransmissions", 0) == 0  # a mark is not a loss
-        s.close()
-        peer.close()
 
 
 def test_marks_on_the_kernels_data_are_echoed_until_it_says_cwr(lab: Lab) -> None:
     with open_stack(lab, config=TcpConfig(msl=MSL, ecn="on")) as stack:
-        recorder = stack.subscribe(Recorder())
-        s, peer = connect(stack, lab)
-        _mark_ce(lab, "egress", every=100)
-        data = bytes(range(256)) * (SIZE // 256)
-        writer = threading.Thread(target=lambda: (peer.sendall(data), peer.shutdown(1)))
-        writer.start()
-        assert recv_all(s) == data
-        writer.join(TIMEOUT)
-        assert not writer.is_alive()
+        recorder, got = _marked_transfer(lab, stack, "egress")
+        assert got == bytes(range(256)) * (SIZE // 256)
         marked = [e for e in _segments(recorder, "in") if e.segment.ecn == CE]
         assert marked and stack.stats()["ce_received"] == len(marked)
         echoed = [e for e in _after_handshake(recorder, "out") if e.segment.flags & Flags.ECE]
@@ -182,5 +183,3 @@ def test_marks_on_the_kernels_data_are_echoed_until_it_says_cwr(lab: Lab) -> Non
             if e.time > cwr_at and (not nxt or e.time < nxt[0])
         ]
         assert quiet and not any(e.segment.flags & Flags.ECE for e in quiet)
-        s.close()
-        peer.close()

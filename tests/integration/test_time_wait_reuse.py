@@ -21,7 +21,7 @@ import pytest
 from tcpstack import State, TcpConfig
 from tcpstack.core.segment import Flags
 from tcpstack.lab import Lab
-from tcpstack.stack import Stack
+from tcpstack.stack import Socket, Stack
 from tcpstack.trace import Recorder, SegmentEvent
 from tests.integration.kernel import (
     PORT,
@@ -100,6 +100,20 @@ def test_a_kernel_client_reconnects_to_our_port_in_time_wait(lab: Lab) -> None:
         server.close()
 
 
+def _connect_from_our_port(
+    lab: Lab, stack: Stack, listener: socket.socket
+) -> tuple[Socket, socket.socket]:
+    """Our socket bound to CLIENT_PORT, connected to the kernel's listener."""
+    accepted = in_thread(listener.accept)
+    s = stack.socket()
+    s.settimeout(TIMEOUT)
+    s.bind((stack.address, CLIENT_PORT))
+    s.connect((lab.peer_address, PORT))
+    peer, _ = accepted.result(TIMEOUT)
+    peer.settimeout(TIMEOUT)
+    return s, peer
+
+
 @pytest.mark.parametrize("timestamps", [True, False], ids=["timestamps", "no timestamps"])
 def test_we_reconnect_to_a_kernel_server_in_time_wait(lab: Lab, timestamps: bool) -> None:
     listener = kernel_server(lab, PORT)
@@ -107,13 +121,7 @@ def test_we_reconnect_to_a_kernel_server_in_time_wait(lab: Lab, timestamps: bool
         recorder = stack.subscribe(Recorder())
         # The kernel must end in TIME-WAIT: it has to close first. We half-close to
         # send the upload's end, the kernel reads it all and closes, then we do.
-        accepted = in_thread(listener.accept)
-        s = stack.socket()
-        s.settimeout(TIMEOUT)
-        s.bind((stack.address, CLIENT_PORT))
-        s.connect((lab.peer_address, PORT))
-        peer, _ = accepted.result(TIMEOUT)
-        peer.settimeout(TIMEOUT)
+        s, peer = _connect_from_our_port(lab, stack, listener)
         s.sendall(bytes(UPLOAD))
         received = 0
         while received < UPLOAD:
@@ -134,12 +142,7 @@ def test_we_reconnect_to_a_kernel_server_in_time_wait(lab: Lab, timestamps: bool
         )
         old_iss, *_ = (e.segment.seq for e in _syns_out(recorder, CLIENT_PORT))
 
-        accepted = in_thread(listener.accept)
-        again = stack.socket()
-        again.settimeout(TIMEOUT)
-        again.bind((stack.address, CLIENT_PORT))
-        again.connect((lab.peer_address, PORT))
-        peer, _ = accepted.result(TIMEOUT)
+        again, peer = _connect_from_our_port(lab, stack, listener)
         again.sendall(b"again")
         assert peer.recv(5) == b"again"
         syns = _syns_out(recorder, CLIENT_PORT)[1:]
