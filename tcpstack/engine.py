@@ -52,7 +52,7 @@ from tcpstack.core.segment import Flags, Options, Segment
 from tcpstack.core.state import State
 from tcpstack.hooks import DELAY, DROP, DUPLICATE, Hook, HookContext
 from tcpstack.isn import IsnFunction, Rfc6528Isn, TimestampOffsets
-from tcpstack.link import Link
+from tcpstack.link import Link, link_counters
 from tcpstack.syncookies import SynCookies
 from tcpstack.trace import (
     FrameEvent,
@@ -897,6 +897,8 @@ class Engine:
             totals.update(flow.conn.stats)
         if self.arp.dropped_frames:
             totals["drop_arp_unresolved"] = self.arp.dropped_frames
+        # What the kernel side of the link dropped before we could read it.
+        totals.update(link_counters(self.link))
         impairment = getattr(self.link, "stats", None)
         if impairment:
             totals.update({f"impair_{k}": v for k, v in impairment.items()})

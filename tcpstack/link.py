@@ -22,6 +22,16 @@ the checksum is already good or only partial; sent, it lets a TCP frame of up to
 KiB go as one GSO frame (`send(frame, gso_size=mss)`) that the kernel cuts into MSS
 segments and checksums, which is what the sender's TSO uses (`gso_max` > 0).
 
+Kernel-side receive drops: a frame the kernel could not queue for us never reaches
+`recv_batch`, so TCP sees it as a loss on the wire and recovers it, but nothing of
+ours would otherwise know it happened. `counters()` says how many there were since
+the link was opened: for AF_PACKET the socket's PACKET_STATISTICS tp_drops (its
+receive buffer was full; our own transmissions are not looped back, so they take
+no room there), for a TAP the device's tx_dropped (the ring of frames waiting for
+our reads was full). It costs one system call, so the engine reads it when asked for
+its statistics, never per frame. The size of that queue is a knob
+(`PacketLink(rcvbuf=)`, `TapLink(queue_len=)`): tests shrink it to make drops happen.
+
 Limits: no VLAN handling (a tag the kernel stripped into auxdata is not restored),
 IPv4 only, Linux only.
 """
@@ -34,6 +44,8 @@ import fcntl
 import os
 import socket
 import struct
+import threading
+from collections.abc import Mapping
 from typing import Protocol
 
 from pyroute2 import IPRoute
@@ -44,12 +56,15 @@ ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
+PACKET_STATISTICS = 6
 PACKET_AUXDATA = 8
+PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
 TP_STATUS_CSUMNOTREADY = 0x08
 TP_STATUS_CSUM_VALID = 0x80
 _AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
 _PACKET_MREQ = struct.Struct("=iHH8s")  # struct packet_mreq
+_TPACKET_STATS = struct.Struct("=II")  # struct tpacket_stats: tp_packets, tp_drops
 
 PACKET_VNET_HDR = 15
 IFF_VNET_HDR = 0x4000
@@ -74,6 +89,7 @@ SO_RCVBUFFORCE = 33
 SIOCGIFMTU = 0x8921
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
+SIOCSIFTXQLEN = 0x8943
 IFF_UP = 0x1
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
@@ -104,6 +120,18 @@ class Link(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def link_counters(link: object) -> dict[str, int]:
+    """What LINK's kernel side counted (see the module docstring), looking through
+    wrappers that keep the link they wrap as `inner` (an ImpairedLink); {} for a
+    link that has no kernel queue of its own (MemoryLink)."""
+    while link is not None:
+        counters = getattr(link, "counters", None)
+        if counters is not None:
+            return dict(counters())
+        link = getattr(link, "inner", None)
+    return {}
 
 
 def _ifreq(name: str, tail: bytes = b"") -> bytes:
@@ -158,24 +186,37 @@ class PacketLink:
 
     kind = "packet"
 
-    def __init__(self, interface: str, netns: str | None = None, offload: bool = True) -> None:
+    def __init__(
+        self,
+        interface: str,
+        netns: str | None = None,
+        offload: bool = True,
+        rcvbuf: int = SOCKET_BUFFER,
+    ) -> None:
+        """rcvbuf: the socket's receive buffer (SO_RCVBUF, which the kernel doubles
+        for its bookkeeping); frames arriving while it is full are dropped."""
         self.name = interface
         self.netns = netns
         self.offload = offload
         self.gso_max = GSO_MAX if offload else 0
         if netns is None:
-            self._sock = self._open(interface, offload)
+            self._sock = self._open(interface, offload, rcvbuf)
         else:
             with _netns.enter(netns):
-                self._sock = self._open(interface, offload)
+                self._sock = self._open(interface, offload, rcvbuf)
         self.mtu = _interface_mtu(self._sock, interface)
         self._buffer = bytearray(RECV_BUFFER)
         self._view = memoryview(self._buffer)
         self._ancsize = socket.CMSG_SPACE(_AUXDATA.size)
         self.truncated = 0  # frames larger than the buffer, dropped; should stay 0
+        # Reading PACKET_STATISTICS resets the kernel's counts, so they are summed
+        # here; the lock keeps two readers (the engine, a test) from losing a count.
+        self._stats_lock = threading.Lock()
+        self._kernel_frames = 0
+        self._kernel_dropped = 0
 
     @staticmethod
-    def _open(interface: str, offload: bool) -> socket.socket:
+    def _open(interface: str, offload: bool, rcvbuf: int) -> socket.socket:
         index = socket.if_nametoindex(interface)
         # Protocol 0 receives nothing until bind, so no other interface's frames
         # slip in between socket() and bind().
@@ -187,7 +228,11 @@ class PacketLink:
                 sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
             mreq = _PACKET_MREQ.pack(index, PACKET_MR_PROMISC, 0, b"")
             sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-            _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, SOCKET_BUFFER)
+            with contextlib.suppress(OSError):  # Linux >= 4.20; else recv_batch skips them
+                # Our own frames would otherwise be copied back into the receive
+                # buffer, a 64 KiB GSO frame at a time, taking room from the peer's.
+                sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+            _set_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf)
             _set_buffer(sock, SO_SNDBUFFORCE, socket.SO_SNDBUF, SOCKET_BUFFER)
             sock.bind((interface, ETH_P_ALL))
             sock.setblocking(False)
@@ -226,6 +271,28 @@ class PacketLink:
             frames.append((bytes(self._view[skip:size]), trusted))
         return frames
 
+    def counters(self) -> Mapping[str, int]:
+        """link_rx_dropped: frames the kernel dropped because our receive buffer was
+        full; link_rx_frames: frames it had for us, dropped ones included. Since the
+        link was opened; after close(), as they were when last read."""
+        with self._stats_lock:
+            try:
+                raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _TPACKET_STATS.size)
+            except OSError:
+                pass  # closed: what was read before is all there will be
+            else:
+                frames, dropped = _TPACKET_STATS.unpack(raw)
+                # tp_packets counts the dropped frames too.
+                self._kernel_frames += frames
+                self._kernel_dropped += dropped
+            counts = {
+                "link_rx_frames": self._kernel_frames,
+                "link_rx_dropped": self._kernel_dropped,
+            }
+        if self.truncated:
+            counts["link_rx_truncated"] = self.truncated
+        return counts
+
     def send(self, frame: bytes, gso_size: int = 0) -> None:
         if self.offload:
             header = _vnet_header(frame, gso_size)
@@ -254,22 +321,35 @@ class TapLink:
     kind = "tap"
 
     def __init__(
-        self, name: str, netns: str | None = None, create: bool = False, offload: bool = True
+        self,
+        name: str,
+        netns: str | None = None,
+        create: bool = False,
+        offload: bool = True,
+        queue_len: int | None = None,
     ) -> None:
+        """queue_len: how many frames the kernel may hold for our reads (the device's
+        tx_queue_len, 500 by default, which sizes the TAP's ring); set on the device,
+        so it outlives this descriptor. Frames arriving while the ring is full are
+        dropped."""
         self.name = name
         self.netns = netns
         self.offload = offload
         self.gso_max = GSO_MAX if offload else 0
         self._fd = -1
+        self._dev_stats = -1
+        self._stats_lock = threading.Lock()
+        self._dropped_base = 0
+        self._dropped = 0
         if netns is None:
-            self._open(create)
+            self._open(create, queue_len)
         else:
             # Both the TUNSETIFF lookup and the device creation happen in the namespace
             # of the thread that opened /dev/net/tun.
             with _netns.enter(netns):
-                self._open(create)
+                self._open(create, queue_len)
 
-    def _open(self, create: bool) -> None:
+    def _open(self, create: bool, queue_len: int | None) -> None:
         if not create:
             socket.if_nametoindex(self.name)  # OSError if absent: TUNSETIFF would create it
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -289,8 +369,20 @@ class TapLink:
                     current = struct.unpack_from("H", reply, 16)[0]
                     up = struct.pack("H", current | IFF_UP)
                     fcntl.ioctl(ctl.fileno(), SIOCSIFFLAGS, _ifreq(self.name, up))
+                if queue_len is not None:
+                    # tun resizes its ring to the new length at once.
+                    qlen = _ifreq(self.name, struct.pack("i", queue_len))
+                    fcntl.ioctl(ctl.fileno(), SIOCSIFTXQLEN, qlen)
+            # Opened here, it reports this namespace's devices for as long as it is open.
+            self._dev_stats = os.open("/proc/thread-self/net/dev", os.O_RDONLY | os.O_CLOEXEC)
+            # Counted from here: what the device dropped before we were attached (the
+            # kernel's first frames, with no reader yet) is not ours.
+            self._dropped_base = self._dropped = self._tx_dropped()
         except BaseException:
             os.close(fd)
+            if self._dev_stats >= 0:
+                os.close(self._dev_stats)
+                self._dev_stats = -1
             raise
         self._fd = fd
         # A TAP read returns exactly one frame: with offloads a GSO frame of up to
@@ -313,6 +405,25 @@ class TapLink:
                 frames.append((frame, False))
         return frames
 
+    def _tx_dropped(self) -> int:
+        """The device's tx_dropped: frames the kernel sent to us that found the
+        ring full (/proc/net/dev's 12th column, the transmit side's "drop")."""
+        table = os.pread(self._dev_stats, 1 << 16, 0).decode()
+        for line in table.splitlines()[2:]:
+            name, _, fields = line.partition(":")
+            if name.strip() == self.name:
+                return int(fields.split()[11])
+        raise OSError(errno.ENODEV, f"{self.name} is not in /proc/net/dev")
+
+    def counters(self) -> Mapping[str, int]:
+        """link_rx_dropped: frames the kernel dropped because the TAP's ring was
+        full, since this descriptor was opened; after close(), as last read."""
+        with self._stats_lock:
+            if self._dev_stats >= 0:
+                with contextlib.suppress(OSError):  # the device went with its namespace
+                    self._dropped = self._tx_dropped()
+            return {"link_rx_dropped": self._dropped - self._dropped_base}
+
     def send(self, frame: bytes, gso_size: int = 0) -> None:
         if self.offload:
             header = _vnet_header(frame, gso_size)
@@ -326,6 +437,11 @@ class TapLink:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        with self._stats_lock:
+            if self._dev_stats >= 0:
+                # It holds the namespace, which should go once the lab removes it.
+                os.close(self._dev_stats)
+                self._dev_stats = -1
 
     def __enter__(self) -> TapLink:
         return self

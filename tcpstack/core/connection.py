@@ -238,6 +238,8 @@ class TcpConnection:
         self.delivery_trouble = False
         # SO_RCVBUF shrank the buffer below a window already offered.
         self._buffer_shrunk = False
+        # The furthest right edge we ever offered (see _make's window).
+        self._rcv_max_edge: int | None = None
 
         # Negotiated in the handshake (RFC 7323, RFC 2018).
         self.snd_wscale = 0
@@ -1913,8 +1915,21 @@ class TcpConnection:
         edge = self._receive_edge()
         window = seq.sub(edge, self.rcv_nxt)
         shift = self.rcv_wscale
-        # Round up so the advertised edge never moves left (RFC 7323 §2.4).
-        field = min((window + (1 << shift) - 1) >> shift, _MAX_FIELD)
+        # Round up so the advertised edge never moves left (RFC 7323 §2.4), while
+        # the buffer has room for the rounding. Once it has not, truncate as §2.4
+        # defines the field: the edge then moves left by less than one unit of the
+        # scale, and the window closes. Rounding up every ACK past a full buffer
+        # would let a peer sending less than a unit at a time keep it open for ever
+        # (Linux learnt the same, and added tcp_shrink_window for it).
+        top = self._rcv_max_edge
+        if top is None or seq.gt(self._rcv_adv_edge, top):
+            top = self._rcv_max_edge = self._rcv_adv_edge
+        field = (window + (1 << shift) - 1) >> shift
+        if field << shift > self.rcv_wnd:
+            # Truncated against the furthest edge ever offered, not the last one, so
+            # that one truncation after another cannot walk the edge left either.
+            field = max(window, seq.sub(top, self.rcv_nxt), 0) >> shift
+        field = min(field, _MAX_FIELD)
         self._rcv_adv_edge = seq.add(self.rcv_nxt, field << shift)
         if self._buffer_shrunk and field << shift < self.rcv_wnd + (1 << shift):
             self._buffer_shrunk = False  # the window offered fits the buffer again

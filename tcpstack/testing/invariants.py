@@ -36,7 +36,9 @@ its own sequence space reaches. Numbering follows the conformance plan:
   §3.10.7.4) and does not count as sent: a blind attacker's forged segments, far
   off, are dropped by the endpoint and must not move that mark.
 * I-7  The right edge of the window we offer (SEG.ACK + SEG.WND scaled by our shift)
-  never moves left of the furthest one offered before (SHLD-14, RFC 7323 §2.4).
+  never moves left of the furthest one offered before by a whole unit of the scale
+  or more (SHLD-14). Less is the truncation RFC 7323 §2.4 defines the field by, which
+  a full buffer needs to close its window.
 * I-8  Once both SYNs carried timestamps, every segment but a RST carries one too
   (RFC 7323 §3.2), and without both it is never sent on a non-SYN segment; our TSval
   never decreases.
@@ -478,7 +480,9 @@ class TraceChecker:
                     edge = seq.add(ack, s.window)
                 if c.our_edge is None or seq.gt(edge, c.our_edge):
                     c.our_edge = edge
-                elif seq.lt(edge, c.our_edge) and not (syn or held or backwards):
+                elif seq.sub(c.our_edge, edge) >= 1 << c.our_shift and not (
+                    syn or held or backwards
+                ):
                     # (An ACK gone backwards takes its edge along: I-6 says so.)
                     self._flag(
                         "I-7",

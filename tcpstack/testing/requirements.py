@@ -176,15 +176,21 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "SHLD-14",
             "§3.8.6",
             "Do not shrink the window we offer: its right edge never moves left.",
-            "met",
+            "deviated",
+            "by less than one unit of the window scale, when the buffer is full: the field "
+            "is then truncated as RFC 7323 §2.4 defines it, where rounding it up on every "
+            "ACK let a peer sending less than a unit at a time keep a full buffer's window "
+            "open for ever (Linux has tcp_shrink_window for the same); never more",
             evidence=(
+                "tests/unit/test_window_edge.py::"
+                "test_a_full_buffer_closes_its_window_to_segments_smaller_than_the_scale_unit",
                 "tests/unit/test_window_edge.py::test_the_right_edge_we_offer_never_retreats",
                 "tests/unit/test_invariants.py::test_i7_our_right_edge_moving_left_is_found",
                 "tests/integration/test_recovery.py::test_eight_megabytes_each_way_under_impairment",
                 "tests/integration/test_recovery.py::test_our_reader_stops_for_two_seconds",
             ),
             note="The wire-trace checker's I-7 holds every segment every integration test "
-            "makes us send to it, against the kernel.",
+            "makes us send to that, against the kernel.",
         ),
         R(
             "SHLD-15",

@@ -2,7 +2,9 @@
 
 Whatever the peer sends (in order, ahead of a hole, more than the window) and however
 the application reads, every segment we send offers a right edge, SEG.ACK plus the
-window scaled by our shift, at or beyond every edge offered before.
+window scaled by our shift, no less than a unit of the scale short of every edge
+offered before (less is RFC 7323 §2.4's truncation, which a full buffer needs to
+close its window), and the data held never outgrows the buffer by more than that.
 """
 
 from __future__ import annotations
@@ -69,5 +71,25 @@ def test_the_right_edge_we_offer_never_retreats(
     )
     d, _ = active(config, wscale=7) if scaled else active(config)
     edges = _run(d, plan)
+    unit = 1 << d.conn.rcv_wscale
     for before, after in zip(edges, edges[1:], strict=False):
-        assert seq.ge(after, before), (before, after, edges)
+        assert seq.sub(before, after) < unit, (before, after, edges)
+    assert d.conn.readable <= config.receive_buffer + unit - 1
+
+
+def test_a_full_buffer_closes_its_window_to_segments_smaller_than_the_scale_unit() -> None:
+    # With the buffer full but 8 bytes of the window left, rounding up on every ACK
+    # would offer 128 again after each 1-byte segment, and the buffer would grow for
+    # as long as the peer kept sending. Truncating closes it.
+    config = replace(FULL, receive_buffer=4096, sack=False, timestamps=False)
+    d, _ = active(config, wscale=7)
+    sent_to = seq.add(REMOTE_ISS, 1)
+    d.push(peer(".", sent_to, ISS + 1, data=bytes(4096 - 8)))
+    sent_to = seq.add(sent_to, 4096 - 8)
+    for _ in range(4 * 4096):  # a deadline in segments: the window must close first
+        if d.conn.advertised_window == 0:
+            break
+        d.push(peer(".", sent_to, ISS + 1, data=b"x"))
+        sent_to = seq.add(sent_to, 1)
+    assert d.conn.advertised_window == 0
+    assert d.conn.readable <= 4096 + 127
