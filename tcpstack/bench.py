@@ -18,6 +18,10 @@ the two. Figures:
 
 `python -m tcpstack bench` prints them; `--json FILE` writes them; `--check FILE`
 compares the ratios with a recorded run and fails on a slowdown of more than 3x.
+
+Two longer modes, for scripts/ rather than CI: `--soak` (tcpstack.soak, gigabytes
+each way under loss) and `--grid` (tcpstack.grid, goodput and latency over delay x
+loss x buffer).
 """
 
 from __future__ import annotations
@@ -545,25 +549,131 @@ def check(report: Report, recorded: dict[str, Any]) -> list[str]:
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_size(text: str) -> int:
+    """Bytes from e.g. "4G", "512M", "64k" or "1000" (binary units, as `--size` elsewhere)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="tcpstack bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for CI (~1 minute)")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    cleaned = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if cleaned and cleaned[-1] in units:
+            value = int(float(cleaned[:-1]) * units[cleaned[-1]])
+        else:
+            value = int(cleaned)
+    except (ValueError, OverflowError):  # "lots", "nanG", "infG"
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4G, 512M)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a size must be positive, not {text!r}")
+    return value
+
+
+def _loss(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage: {text!r}") from None
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"loss must be in [0, 100), not {text!r}")
+    return value
+
+
+def _factor(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 1:
+        raise argparse.ArgumentTypeError(f"the factor must be above 1, not {text!r}")
+    return value
+
+
+def parse_args(argv: list[str] | None = None) -> Any:
+    """The options of all three modes; an option that means nothing in the chosen
+    mode is an error rather than silently ignored."""
+    import argparse
+
+    from tcpstack import grid, soak
+
+    parser = argparse.ArgumentParser(
+        prog="tcpstack bench",
+        description=__doc__.split("\n")[0],
+        epilog="--soak: conformance plan L-03, gigabytes each way under loss (see"
+        " tcpstack/soak.py). --grid: L-10, goodput and latency over delay x loss x buffer"
+        " (see tcpstack/grid.py). Both are too long for CI: scripts/soak, scripts/grid.",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--soak", action="store_true", help="the long soak under loss (L-03)")
+    mode.add_argument("--grid", action="store_true", help="the delay x loss x buffer grid (L-10)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, for CI (~1 minute); with --grid, a subset",
+    )
     parser.add_argument("--runs", type=int, help="median of this many runs (default 1)")
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     parser.add_argument(
-        "--check", metavar="FILE", help="fail on a >3x slowdown against the ratios in FILE"
+        "--check",
+        metavar="FILE",
+        help="fail on a >3x slowdown against the ratios in FILE (with --grid: on a cell"
+        f" more than --factor times worse than in FILE, default {grid.FACTOR:g})",
+    )
+    parser.add_argument(
+        "--factor",
+        type=_factor,
+        metavar="F",
+        help=f"with --grid --check: the regression that fails (default {grid.FACTOR:g};"
+        f" {grid.LOSSY:g} times that for cells with loss)",
+    )
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        metavar="BYTES",
+        help="with --soak: bytes each way (default 4G; from 4G both sides' sequence"
+        " numbers wrap whatever the ISNs)",
+    )
+    parser.add_argument(
+        "--loss",
+        type=_loss,
+        metavar="PCT",
+        help="with --soak: percent of packets dropped each way where they arrive (default 0.5)",
     )
     args = parser.parse_args(argv)
+    if not args.soak and (args.size is not None or args.loss is not None):
+        parser.error("--size and --loss go with --soak")
+    if args.soak and (args.quick or args.check or args.runs):
+        parser.error("--soak takes --size, --loss and --json only")
+    if args.grid and args.runs:
+        parser.error("--grid runs each cell once; --runs is for the standard bench")
+    if args.factor is not None and not (args.grid and args.check):
+        parser.error("--factor goes with --grid --check")
+    if args.runs is not None and args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if args.soak:
+        args.size = soak.SEQ_SPACE if args.size is None else args.size
+        args.loss = 0.5 if args.loss is None else args.loss
+    if args.factor is None:
+        args.factor = grid.FACTOR
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.soak:
+        from tcpstack import soak
+
+        return soak.main(args.size, args.loss, args.json)
+    if args.grid:
+        return _grid(args)
     settings = Settings.quick() if args.quick else Settings()
     if args.runs:
         settings.runs = args.runs
     report = run(settings)
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump(report.to_json(), out, indent=2)
-            out.write("\n")
+        _write(args.json, report)
     if args.check:
         with open(args.check) as recorded:
             problems = check(report, json.load(recorded))
@@ -572,4 +682,42 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             return 1
         print(f"no figure more than {TOLERANCE:g}x slower against the kernel than recorded")
+    return 0
+
+
+def _write(path: str, report: Report) -> None:
+    with open(path, "w") as out:
+        json.dump(report.to_json(), out, indent=2)
+        out.write("\n")
+
+
+def _grid(args: Any) -> int:
+    from tcpstack import grid
+
+    # Read the baseline first: a missing or broken file should fail before minutes of work.
+    recorded = None
+    if args.check:
+        with open(args.check) as f:
+            recorded = json.load(f)
+    report = grid.run(grid.GridSettings.quick() if args.quick else grid.GridSettings())
+    if args.json:
+        _write(args.json, report)
+    problems = grid.failures(report)
+    for problem in problems:
+        print(f"NOT MEASURED: {problem}")
+    if recorded is not None:
+        worse = grid.check(report, recorded, args.factor)
+        for problem in worse:
+            print(f"CHECK: {problem}")
+        problems += worse
+    if problems:
+        print("grid: FAIL")
+        return 1
+    if recorded is not None:
+        print(
+            f"grid: PASS (no cell more than {args.factor:g}x worse than recorded,"
+            f" {args.factor * grid.LOSSY:g}x with loss)"
+        )
+    else:
+        print("grid: PASS (every cell measured)")
     return 0

@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(
         "bench",
-        help="benchmark against the kernel on this machine (see tcpstack bench --help)",
+        help="benchmark against the kernel on this machine; --soak and --grid for the long"
+        " runs (see tcpstack bench --help)",
         add_help=False,
     )
     ss = sub.add_parser(
