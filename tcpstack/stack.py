@@ -952,6 +952,10 @@ class Socket:
         self._check_open()
         if conn.readable > 0:
             return flow
+        if conn.eof:
+            # The peer's FIN came first: EOF, as Linux's recv() says even when a RST
+            # followed in CLOSE-WAIT; the error is left for a send() or SO_ERROR.
+            return None
         self._raise_pending_error(flow)
         if conn.state is State.CLOSED and not conn.eof and flow.error is None:
             # Closed before anything arrived (e.g. our own abort): like ENOTCONN.
@@ -971,10 +975,12 @@ class Socket:
                     self._engine.close_listener(self._listener, self._now())
                 return
             flow = self._connected_flow()
-            if flow.conn.state in (State.CLOSED,) and flow.error is None:
-                raise _oserror(errno.ENOTCONN)
             if how in (_socket.SHUT_RD, _socket.SHUT_RDWR):
                 self._shut_rd = True
+            if flow.conn.state is State.CLOSED:
+                # Reset, timed out or closed: no connection to shut down (RFC 9293
+                # §3.10.4; Linux's inet_shutdown says ENOTCONN however it ended).
+                raise _oserror(errno.ENOTCONN)
             if how in (_socket.SHUT_WR, _socket.SHUT_RDWR):
                 now = self._now()
                 flow.conn.shutdown(now)

@@ -1483,7 +1483,9 @@ class TcpConnection:
             self.stats["bytes_received"] += len(payload)
             filled = False
             ready = b""
-            if self._ooo:
+            if self._ooo and not fin:
+                # (A FIN here ends the stream: what is queued beyond it is not the
+                # peer's data, however it got there; the FIN step drops it.)
                 ready = self._ooo.pop_ready(self.rcv_nxt)
                 if ready:
                     self._rcv_buf.append(ready)

@@ -195,3 +195,16 @@ def test_pair_lost_last_ack_is_recovered_from_time_wait() -> None:
     assert p.a.state is State.CLOSED
     assert p.b.state is State.TIME_WAIT
     assert p.b.stats["fin_retransmits_seen"] == 1
+
+
+def test_a_fin_below_data_queued_out_of_order_ends_the_stream_there() -> None:
+    # Found by the differential fuzzer (M-12): the FIN at 2 was taken as if after
+    # the 300 octets queued at 2..302, which were delivered and acknowledged with it.
+    # RFC 9293 §3.10.7.4 eighth step: RCV.NXT goes past the FIN where it is; Linux
+    # drops what is queued beyond it.
+    d = established()
+    expect(d.push(seg("P.", d.r(2), d.l(1), data=b"z" * 300)), d.out(".", d.l(1), d.r(1)))
+    sent = d.push(seg("F.", d.r(1), d.l(1), data=b"a"))
+    assert [s.ack for s in sent] == [d.r(3)]
+    assert d.conn.state is State.CLOSE_WAIT
+    assert d.conn.receive(1000) == b"a"

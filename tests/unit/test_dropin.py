@@ -477,3 +477,36 @@ def test_asyncio_connect_refused_raises_connection_refused(twin: tuple[Stack, St
 
     with pytest.raises(ConnectionRefusedError):
         asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+
+
+def _reset_by(server: Socket) -> None:
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    server.close()
+
+
+def test_shutdown_after_a_reset_is_enotconn_as_on_linux(twin: tuple[Stack, Stack]) -> None:
+    # Found by the differential fuzzer (M-12): it returned 0. RFC 9293 §3.10.4: a
+    # CLOSE without a connection is an error.
+    a, b = twin
+    _, client, server = connected(a, b)
+    _reset_by(server)
+    client.wait_for_state(State.CLOSED, timeout=TIMEOUT)
+    with pytest.raises(ConnectionResetError):
+        client.recv(10)
+    with pytest.raises(OSError) as raised:
+        client.shutdown(socket.SHUT_WR)
+    assert raised.value.errno == errno.ENOTCONN
+
+
+def test_a_reset_after_the_peers_fin_reads_as_eof_as_on_linux(twin: tuple[Stack, Stack]) -> None:
+    # Found by the differential fuzzer (M-12): recv() raised EPIPE. Linux's recv()
+    # sees the FIN first and says EOF; the reset is for the next send.
+    a, b = twin
+    _, client, server = connected(a, b)
+    server.shutdown(socket.SHUT_WR)
+    client.wait_for_state(State.CLOSE_WAIT, timeout=TIMEOUT)
+    _reset_by(server)
+    client.wait_for_state(State.CLOSED, timeout=TIMEOUT)
+    assert client.recv(10) == b""
+    with pytest.raises(OSError):
+        client.sendall(b"x")
