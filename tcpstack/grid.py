@@ -31,6 +31,7 @@ namespace, so its CPU is not taken from our interpreter.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import statistics
 import struct
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -342,58 +343,20 @@ class _Endpoint:
         self.lab.down()
 
 
-def _bulk(
-    kind: str, delay_ms: float, loss: float, buffer: int, seconds: float
-) -> tuple[float, float]:
-    """MB/s down and up while both directions move at once, for `seconds` after connect."""
+@contextlib.contextmanager
+def _connected(
+    kind: str, delay_ms: float, loss: float, buffer: int | None, mode: str, peer_seconds: float
+) -> Iterator[_Endpoint]:
+    """An endpoint connected to a kernel peer running `mode`; everything is closed
+    and the lab removed on the way out, whatever happens."""
     end = _Endpoint(kind, delay_ms, loss, buffer)
     try:
-        peer = _Peer(end.lab, "bulk", seconds + 30.0)
+        peer = _Peer(end.lab, mode, peer_seconds)
         try:
-            sock = end.sock
             # A lost SYN or SYN-ACK costs a 1 s retransmission, several at worst.
-            sock.settimeout(CONNECT_TIMEOUT)
-            sock.connect((end.lab.peer_address, PORT))
-            # Short timeouts so that each thread sees the stop flag soon after it is set.
-            sock.settimeout(1.0)
-            start_acked = end.acked()
-            received = [0]
-            stop = threading.Event()
-
-            def receive() -> None:
-                while not stop.is_set():
-                    try:
-                        data = sock.recv(1 << 18)
-                    except TimeoutError:
-                        continue
-                    except OSError:
-                        return
-                    if not data:
-                        return
-                    received[0] += len(data)
-
-            def send() -> None:
-                payload = bytes(1 << 16)
-                while not stop.is_set():
-                    try:
-                        sock.sendall(payload)
-                    except TimeoutError:
-                        continue
-                    except OSError:
-                        return
-
-            workers = [threading.Thread(target=f, daemon=True) for f in (receive, send)]
-            started = time.monotonic()
-            for worker in workers:
-                worker.start()
-            # The measurement itself is this interval; nothing is awaited here.
-            time.sleep(seconds)
-            down = received[0]
-            up = (end.acked() - start_acked) % (1 << 32 if kind != "kernel" else 1 << 64)
-            elapsed = time.monotonic() - started
-            stop.set()
-            for worker in workers:
-                worker.join(5.0)
+            end.sock.settimeout(CONNECT_TIMEOUT)
+            end.sock.connect((end.lab.peer_address, PORT))
+            yield end
         finally:
             try:
                 end.close_socket()
@@ -401,6 +364,54 @@ def _bulk(
                 peer.close()
     finally:
         end.close()
+
+
+def _bulk(
+    kind: str, delay_ms: float, loss: float, buffer: int, seconds: float
+) -> tuple[float, float]:
+    """MB/s down and up while both directions move at once, for `seconds` after connect."""
+    with _connected(kind, delay_ms, loss, buffer, "bulk", seconds + 30.0) as end:
+        sock = end.sock
+        # Short timeouts so that each thread sees the stop flag soon after it is set.
+        sock.settimeout(1.0)
+        start_acked = end.acked()
+        received = [0]
+        stop = threading.Event()
+
+        def receive() -> None:
+            while not stop.is_set():
+                try:
+                    data = sock.recv(1 << 18)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                received[0] += len(data)
+
+        def send() -> None:
+            payload = bytes(1 << 16)
+            while not stop.is_set():
+                try:
+                    sock.sendall(payload)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+
+        workers = [threading.Thread(target=f, daemon=True) for f in (receive, send)]
+        started = time.monotonic()
+        for worker in workers:
+            worker.start()
+        # The measurement itself is this interval; nothing is awaited here.
+        time.sleep(seconds)
+        down = received[0]
+        up = (end.acked() - start_acked) % (1 << 32 if kind != "kernel" else 1 << 64)
+        elapsed = time.monotonic() - started
+        stop.set()
+        for worker in workers:
+            worker.join(5.0)
     return down / elapsed / 1e6, up / elapsed / 1e6
 
 
@@ -411,35 +422,23 @@ def _percentiles(kind: str, delay_ms: float, loss: float, count: int) -> tuple[f
 
 def _latencies(kind: str, delay_ms: float, loss: float, count: int) -> list[float]:
     """Milliseconds from sending a request to having all of its echo, `count` times."""
-    end = _Endpoint(kind, delay_ms, loss, None)
     times: list[float] = []
-    try:
+    with _connected(kind, delay_ms, loss, None, "echo", 60.0) as end:
+        sock = end.sock
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # One exchange may meet an RTO or two at 1% loss; 20 s covers several backoffs.
-        peer = _Peer(end.lab, "echo", 60.0)
-        try:
-            sock = end.sock
-            sock.settimeout(CONNECT_TIMEOUT)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.connect((end.lab.peer_address, PORT))
-            sock.settimeout(20.0)
-            request = bytes(range(MESSAGE))
-            for _ in range(count):
-                started = time.perf_counter()
-                sock.sendall(request)
-                got = 0
-                while got < MESSAGE:
-                    data = sock.recv(MESSAGE - got)
-                    if not data:
-                        raise ConnectionError("the echo peer closed early")
-                    got += len(data)
-                times.append((time.perf_counter() - started) * 1000)
-        finally:
-            try:
-                end.close_socket()
-            finally:
-                peer.close()
-    finally:
-        end.close()
+        sock.settimeout(20.0)
+        request = bytes(range(MESSAGE))
+        for _ in range(count):
+            started = time.perf_counter()
+            sock.sendall(request)
+            got = 0
+            while got < MESSAGE:
+                data = sock.recv(MESSAGE - got)
+                if not data:
+                    raise ConnectionError("the echo peer closed early")
+                got += len(data)
+            times.append((time.perf_counter() - started) * 1000)
     return times
 
 

@@ -261,11 +261,11 @@ def test_lost_window_update_is_repaired_by_the_kernels_probe(lab: Lab) -> None:
 
 CONNECTIONS = 300
 KEEPALIVE = 1  # seconds: TCP_KEEPIDLE and TCP_KEEPINTVL, the least setsockopt takes
-DELAYED_ACK = TcpConfig().delayed_ack
-# RFC 9293 MUST-40 bounds an ACK's delay by 0.5 s: a delayed-ACK timer later than
-# this would break it. Every timer is held to the same bound; the engine runs all
-# that are due in one pass, so a few hundred at once cost milliseconds, not this.
-MAX_TIMER_LATENESS = 0.5 - DELAYED_ACK
+# What a step of the wall clock would show if a deadline followed it: timers firing
+# an hour late (or early). Far above any lateness a loaded machine's scheduling can
+# add, so this is no timed assertion: the delay bound of MUST-40 is the core's
+# fake-clock tests' to check, not a wall-clock race's.
+MAX_TIMER_LATENESS = 60.0
 
 
 class TimerLog:
@@ -443,8 +443,8 @@ def test_timers_of_many_connections_fire_on_the_monotonic_clock(
     for timer in ("delayed_ack", "keepalive", "time_wait"):
         assert set(log.fired[timer]) == set(ours), timer
     assert all(n >= 2 for n in log.fired["keepalive"].values())
-    # Neither step moved a deadline: nothing fired early, nothing late, and each
-    # TIME-WAIT lasted its 2 MSL of monotonic time.
+    # Neither step moved a deadline: nothing fired early, nothing an hour late, and
+    # each TIME-WAIT lasted its 2 MSL of monotonic time.
     assert not log.early, log.early[:5]
     assert max(log.lateness) < MAX_TIMER_LATENESS
     assert min(log.time_wait_stays.values()) >= 2 * MSL
