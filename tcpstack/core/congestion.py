@@ -20,8 +20,11 @@ class CongestionControl(Protocol):
     cwnd: int
     ssthresh: int
 
-    def on_ack(self, acked: int, now: float, srtt: float | None) -> None:
-        """New data was cumulatively acknowledged outside recovery: grow cwnd."""
+    def on_ack(self, acked: int, now: float, srtt: float | None, largest: int = 0) -> None:
+        """New data was cumulatively acknowledged outside recovery: grow cwnd.
+
+        `largest` is the largest single transmission the ACK covered: slow start
+        grows by at most two of those (or two SMSS, whichever is more)."""
 
     def on_congestion(self, now: float, flight: int) -> None:
         """A loss detected by duplicate ACKs or SACK: reduce, enter recovery."""
@@ -44,6 +47,14 @@ class CongestionControl(Protocol):
         (RFC 3522 Eifel response; Linux's tcp_undo_cwnd_reduction)."""
 
 
+def _slow_start_growth(acked: int, mss: int, largest: int) -> int:
+    """Appropriate byte counting with L = 2 (RFC 3465): an ACK that covers more
+    than two segments (a stretch ACK, as after lost ACKs) grows cwnd by two only,
+    lest it release a burst. The segments are counted as sent: an offload segment
+    of many MSS is one, which the peer rightly acknowledges with one ACK."""
+    return min(acked, 2 * max(mss, largest))
+
+
 class Reno:
     """Slow start, congestion avoidance, halving on loss (RFC 5681)."""
 
@@ -57,10 +68,9 @@ class Reno:
         self._avoidance_credit = 0
         self._saved = (self.cwnd, self.ssthresh)
 
-    def on_ack(self, acked: int, now: float, srtt: float | None) -> None:
+    def on_ack(self, acked: int, now: float, srtt: float | None, largest: int = 0) -> None:
         if self.cwnd < self.ssthresh:
-            # Slow start with appropriate byte counting, L = 2 SMSS (RFC 3465).
-            self.cwnd += min(acked, 2 * self.mss)
+            self.cwnd += _slow_start_growth(acked, self.mss, largest)
             return
         # Congestion avoidance: one SMSS per cwnd of acknowledged bytes.
         self._avoidance_credit += acked
@@ -119,9 +129,9 @@ class Cubic:
         self._cwnd_at_epoch = 0.0
         self._saved: tuple[int, int, float] = (self.cwnd, self.ssthresh, 0.0)
 
-    def on_ack(self, acked: int, now: float, srtt: float | None) -> None:
+    def on_ack(self, acked: int, now: float, srtt: float | None, largest: int = 0) -> None:
         if self.cwnd < self.ssthresh:
-            self.cwnd += min(acked, 2 * self.mss)
+            self.cwnd += _slow_start_growth(acked, self.mss, largest)
             return
         segments = self.cwnd / self.mss
         if self._epoch is None:

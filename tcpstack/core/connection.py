@@ -1304,7 +1304,12 @@ class TcpConnection:
         self._tlp_armed = True
         if self.state.is_synchronized and acked > 0:
             ts = seg.options.timestamps if self.ts_ok else None
-            self._on_new_ack(acked, now, ts[1] if ts else None)
+            # The largest of our transmissions this ACK covered (an ACK inside one
+            # offload segment covered part of one): slow start counts per ACK at
+            # most two of those, not two MSS, since the peer answers an offload
+            # segment as the one segment it received (Linux counts its packets).
+            largest = max((record.length for record in delivered), default=acked)
+            self._on_new_ack(acked, now, ts[1] if ts else None, largest)
         # RFC 6298 §5.2/§5.3: stop the timer when all is acknowledged, else restart it.
         if self.snd_una == self.snd_nxt:
             # A probe that filled a small window was ACKed with the window shut: data
@@ -1357,7 +1362,7 @@ class TcpConnection:
             if record.lost:
                 self._rtxq.retransmitted(record, record.xmit_time)
 
-    def _on_new_ack(self, acked: int, now: float, tsecr: int | None) -> None:
+    def _on_new_ack(self, acked: int, now: float, tsecr: int | None, largest: int) -> None:
         """Congestion control and recovery bookkeeping for an ACK that moved SND.UNA."""
         if (
             self.recovery != "open"
@@ -1384,7 +1389,7 @@ class TcpConnection:
             self._undo_bytes = None
             self._retrans_stamp = None
             self._reno_sacked = 0
-            self.cc.on_ack(acked, now, self.rtt.srtt)
+            self.cc.on_ack(acked, now, self.rtt.srtt, largest)
             return
         self._reno_sacked = max(self._reno_sacked - acked, 0)
         if seq.ge(self.snd_una, self._recover):
@@ -1398,7 +1403,7 @@ class TcpConnection:
             return
         if self.recovery == "loss":
             # After an RTO the window grows in slow start as retransmissions are ACKed.
-            self.cc.on_ack(acked, now, self.rtt.srtt)
+            self.cc.on_ack(acked, now, self.rtt.srtt, largest)
         if not self.sack_ok:
             # NewReno partial ACK (RFC 6582 §3.2 step 4): the next segment is lost too.
             head = self._rtxq.head

@@ -66,6 +66,29 @@ def test_rto_resends_one_mss_of_a_lost_offload_segment() -> None:
     assert [len(s.payload) for s in sent] == [2 * MSS]
 
 
+def test_slow_start_grows_by_an_acknowledged_offload_segment_whole() -> None:
+    # The peer answers one offload segment with one ACK, as the one segment it
+    # received: slow start doubles cwnd per round trip, as with one ACK per MSS.
+    d, _ = active(replace(TSO, sack=False, timestamps=False), mss=MSS)
+    d.conn.send(b"x" * (40 * MSS))
+    big, other = d.flush()
+    assert len(big.payload) == 5 * MSS and d.conn.cc.cwnd == 10 * MSS
+    d.push(peer(".", R1, seq.add(big.seq, len(big.payload))))
+    assert d.conn.cc.cwnd == 15 * MSS
+
+
+@pytest.mark.parametrize(("tso_max", "size"), [(0, MSS), (2 * MSS, 2 * MSS)])
+def test_a_stretch_ack_grows_cwnd_by_two_segments_as_sent(tso_max: int, size: int) -> None:
+    # RFC 3465, L = 2: an ACK over more than two segments (the ACKs between were
+    # lost) grows cwnd by two of them only, however many it covers.
+    d, _ = active(replace(FULL, tso_max=tso_max, sack=False, timestamps=False), mss=MSS)
+    d.conn.send(b"x" * (40 * MSS))
+    flight = d.flush()
+    assert all(len(s.payload) == size for s in flight)
+    d.push(peer(".", R1, seq.add(flight[0].seq, 3 * size)))
+    assert d.conn.cc.cwnd == 10 * MSS + 2 * size
+
+
 def test_tail_loss_probe_resends_only_the_last_mss() -> None:
     d, _ = active(TSO, mss=MSS, sack_permitted=True, ts=(PEER_TS, 5000))
     d.conn.send(b"warm")
