@@ -399,8 +399,6 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         (
             "tests/integration/test_acks_and_timers.py::test_half_the_kernels_acks_lost_while_we_send",
         ),
-        partial="every other ACK lost, not half at random: runs of lost ACKs still "
-        "cost us backed-off timeouts (see README, Not yet)",
     ),
     Scenario(
         "R-08",
