@@ -934,8 +934,13 @@ class Socket:
         flow = self._connected_flow()
         conn = flow.conn
         if self._shut_rd:
-            # Linux still hands over what was queued before SHUT_RD, then EOF.
-            return flow if conn.readable > 0 else None
+            # Linux still hands over what was queued, then a pending error (as
+            # tcp_recvmsg checks sk_err before RCV_SHUTDOWN), then EOF.
+            if conn.readable > 0:
+                return flow
+            if not conn.eof:
+                self._raise_pending_error(flow)
+            return None
 
         def ready() -> bool:
             return (
@@ -977,6 +982,7 @@ class Socket:
             flow = self._connected_flow()
             if how in (_socket.SHUT_RD, _socket.SHUT_RDWR):
                 self._shut_rd = True
+                flow.conn.shutdown_read()
             if flow.conn.state is State.CLOSED:
                 # Reset, timed out or closed: no connection to shut down (RFC 9293
                 # §3.10.4; Linux's inet_shutdown says ENOTCONN however it ended).

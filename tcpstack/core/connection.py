@@ -214,6 +214,7 @@ class TcpConnection:
         self.state = State.CLOSED
         self.passive = False
         self.orphaned = False
+        self.reads_shut = False  # SHUT_RD: the application will read nothing more
         self.stats: Counter[str] = Counter()
         self._log = _ConnectionLog(log, {"conn": name or str(local_port)})
         self._name = name
@@ -623,6 +624,12 @@ class TcpConnection:
             case _:
                 # FIN-WAIT-*, CLOSING, LAST-ACK, TIME-WAIT, CLOSED: already closing.
                 pass
+
+    def shutdown_read(self) -> None:
+        """SHUT_RD. While we still send, data is taken as ever (the peer cannot
+        know); once our FIN is out, new data is reset as for an orphan, as Linux's
+        tcp_rcv_state_process does for RCV_SHUTDOWN in FIN-WAIT-1 and FIN-WAIT-2."""
+        self.reads_shut = True
 
     def orphan(self, now: float) -> None:
         """The application closed its socket: nobody will read or write again.
@@ -1457,9 +1464,14 @@ class TcpConnection:
                 # CLOSE-WAIT, CLOSING, LAST-ACK, TIME-WAIT: the peer already sent FIN.
                 self.stats["drop_data_after_fin"] += 1
                 return
-            if self.orphaned:
+            if self.orphaned or (
+                self.reads_shut and self.state in (State.FIN_WAIT_1, State.FIN_WAIT_2)
+            ):
                 # New data for a socket nobody will read: reset (Linux TCPAbortOnData).
                 self.stats["abort_on_data"] += 1
+                if not self.orphaned:
+                    # Still open, it learns of the reset as Linux's tcp_reset() says.
+                    self._events.append(ConnectionReset(self.state))
                 self.abort(now)
                 return
             # Keep what fits in the window we advertised (never shrunk, §3.8.6.2.2),

@@ -4,7 +4,7 @@ from dataclasses import replace
 
 from tcpstack.config import TcpConfig
 from tcpstack.core import seq
-from tcpstack.core.events import ConnectionClosed, ConnectionTimedOut
+from tcpstack.core.events import ConnectionClosed, ConnectionReset, ConnectionTimedOut
 from tcpstack.core.segment import Flags
 from tcpstack.core.state import State
 from tests.unit.helpers import CONFIG, ISS, REMOTE_ISS, Driver, active, established, peer, seg
@@ -123,6 +123,23 @@ def test_data_for_an_orphan_is_answered_with_rst() -> None:
     sent = d.push(seg("P.", d.r(1), d.l(2), data=b"nobody reads this"))
     assert [s.flags for s in sent] == [Flags.RST]
     assert d.conn.state is State.CLOSED
+
+
+def test_shut_rd_takes_data_until_our_fin_is_out_then_resets_it() -> None:
+    # Linux: SHUT_RD alone changes nothing on the wire; with our FIN sent as well,
+    # new data is answered with RST and the application hears of the reset.
+    d = established()
+    d.conn.shutdown_read()
+    sent = d.push(seg("P.", d.r(1), d.l(1), data=b"still taken"))
+    assert [s.flags for s in sent] == [Flags.ACK] and d.conn.readable == 11
+    d.conn.shutdown(d.now)
+    d.flush()
+    d.push(seg(".", d.r(12), d.l(2)))
+    assert d.conn.state is State.FIN_WAIT_2
+    sent = d.push(seg("P.", d.r(12), d.l(2), data=b"nobody reads this"))
+    assert [s.flags for s in sent] == [Flags.RST]
+    assert d.conn.state is State.CLOSED
+    assert ConnectionReset in d.event_types()
 
 
 def test_persist_timer_survives_a_probe_acked_with_the_window_shut() -> None:
