@@ -12,6 +12,9 @@ from dataclasses import dataclass
 DEFAULT_MSS = 1460
 # The largest IPv4 datagram (65535) minus the same 40.
 MAX_MSS = 65495
+# What the smallest IPv4 MTU (68, RFC 791) leaves: a link may be that small, and
+# the MSS we announce follows it, since we do not reassemble IP fragments.
+MIN_MSS = 68 - 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +126,8 @@ class TcpConfig:
         return DEFAULT_MSS if self.mss is None else self.mss
 
     def __post_init__(self) -> None:
-        if self.mss is not None and not 88 <= self.mss <= MAX_MSS:
-            raise ValueError(f"mss {self.mss} outside 88..{MAX_MSS}")
+        if self.mss is not None and not MIN_MSS <= self.mss <= MAX_MSS:
+            raise ValueError(f"mss {self.mss} outside {MIN_MSS}..{MAX_MSS}")
         if self.receive_buffer < 1:
             raise ValueError("receive_buffer must be positive")
         if not 0 <= self.window_shift <= 14:

@@ -1700,7 +1700,8 @@ class TcpConnection:
     def _transmit(self, out: list[Segment], now: float) -> None:
         """Retransmit what is deemed lost, then send new data, within cwnd and the
         peer's window; then our FIN once the data is out."""
-        mss = self.send_mss - self._option_overhead()
+        # (On the smallest links the options alone may not leave room: a byte goes.)
+        mss = max(self.send_mss - self._option_overhead(), 1)
         sent_before = len(out)
         while True:
             budget = self.cc.cwnd - self._pipe()
