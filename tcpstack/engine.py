@@ -670,7 +670,7 @@ class Engine:
             seg.dst_port,
             0,
             iss=self.isn(*four) if iss is None else iss,
-            ts_offset=self.ts_offsets(self.ip, packet.src_ip),
+            ts_offset=self.ts_offsets(*four),
             name=f"{seg.dst_port}<{packet.src_ip}:{seg.src_port}",
             challenge_limit=self.challenge_limit,
         )
@@ -1066,7 +1066,7 @@ class Engine:
             local_port,
             remote_port,
             iss=iss,
-            ts_offset=self.ts_offsets(self.ip, remote_ip),
+            ts_offset=self.ts_offsets(self.ip, local_port, remote_ip, remote_port),
             name=f"{local_port}>{remote_ip}:{remote_port}",
             challenge_limit=self.challenge_limit,
         )

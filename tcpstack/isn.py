@@ -49,11 +49,14 @@ def fixed_isn(value: int) -> IsnFunction:
 
 
 class TimestampOffsets:
-    """(local_ip, remote_ip) -> the offset of TSval for connections between them."""
+    """The 4-tuple -> the offset of TSval for connections on it, as Linux 6.18 keys
+    it: one connection's timestamps say nothing of another's (RFC 7323 §5.4), and a
+    new incarnation of the same 4-tuple goes on from the old one's (RFC 6191)."""
 
     def __init__(self, *, secret: bytes | None = None) -> None:
         self._key = secret if secret is not None else os.urandom(32)
 
-    def __call__(self, local_ip: str, remote_ip: str) -> int:
-        pair = f"{local_ip}>{remote_ip}".encode()
-        return int.from_bytes(hashlib.blake2s(pair, key=self._key, digest_size=4).digest(), "big")
+    def __call__(self, local_ip: str, local_port: int, remote_ip: str, remote_port: int) -> int:
+        tuple_id = f"{local_ip}:{local_port}>{remote_ip}:{remote_port}".encode()
+        digest = hashlib.blake2s(tuple_id, key=self._key, digest_size=4).digest()
+        return int.from_bytes(digest, "big")

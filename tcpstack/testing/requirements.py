@@ -638,14 +638,14 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
                 "test_with_timestamps_a_newer_tsval_reopens_whatever_the_sequence_number",
                 "tests/unit/test_time_wait_reuse.py::"
                 "test_without_timestamps_a_higher_sequence_number_reopens",
-                "tests/unit/test_isn.py::test_timestamp_offsets_are_keyed_on_the_pair_of_addresses",
+                "tests/unit/test_isn.py::test_timestamp_offsets_are_keyed_on_the_four_tuple",
                 "tests/integration/test_time_wait_reuse.py::"
                 "test_a_kernel_client_reconnects_to_our_port_in_time_wait",
                 "tests/integration/test_time_wait_reuse.py::"
                 "test_we_reconnect_to_a_kernel_server_in_time_wait",
             ),
-            note="Our TSval offset is keyed on the two addresses, as Linux's is, so it keeps "
-            "rising from one connection to the next and the kernel's TIME-WAIT can use it too; "
+            note="Our TSval offset is keyed on the 4-tuple, as Linux 6.18's is, so it keeps "
+            "rising from one incarnation to the next and the kernel's TIME-WAIT can use it too; "
             "the new incarnation's ISS is SND.NXT + 65537, as Linux picks it.",
         ),
     ),

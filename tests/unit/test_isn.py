@@ -41,13 +41,15 @@ def test_values_fit_32_bits_and_override_is_fixed() -> None:
     assert fixed_isn(2**32 + 5)("a", 1, "b", 2) == 5
 
 
-def test_timestamp_offsets_are_keyed_on_the_pair_of_addresses() -> None:
-    # RFC 7323 §5.4: no clock to read from TSval; but one offset for every connection
-    # between two hosts, so TSval keeps rising from one to the next (RFC 6191).
+def test_timestamp_offsets_are_keyed_on_the_four_tuple() -> None:
+    # RFC 7323 §5.4: no clock to read from TSval, and nothing to learn of another
+    # connection's; the same 4-tuple keeps its offset, so TSval keeps rising from one
+    # incarnation to the next (RFC 6191). Linux 6.18 does the same.
     offsets = TimestampOffsets(secret=b"k" * 32)
-    a = offsets("198.18.0.2", "198.18.0.1")
-    assert offsets("198.18.0.2", "198.18.0.1") == a
-    assert offsets("198.18.0.2", "198.18.0.3") != a
-    assert offsets("198.18.0.1", "198.18.0.2") != a
-    assert TimestampOffsets(secret=b"j" * 32)("198.18.0.2", "198.18.0.1") != a
+    a = offsets("198.18.0.2", 40000, "198.18.0.1", 80)
+    assert offsets("198.18.0.2", 40000, "198.18.0.1", 80) == a
+    assert offsets("198.18.0.2", 40001, "198.18.0.1", 80) != a
+    assert offsets("198.18.0.2", 40000, "198.18.0.1", 81) != a
+    assert offsets("198.18.0.2", 40000, "198.18.0.3", 80) != a
+    assert TimestampOffsets(secret=b"j" * 32)("198.18.0.2", 40000, "198.18.0.1", 80) != a
     assert 0 <= a < 1 << 32
