@@ -85,6 +85,10 @@ WIRE = "tests/unit/test_wire.py::"
 ISN = "tests/unit/test_isn.py::"
 G0 = "tests/integration/test_gate0.py::"
 API = "tests/integration/test_api_and_syn_data.py::"
+SIM = "tests/integration/test_simultaneous.py::"
+CK = "tests/integration/test_close_with_the_kernel.py::"
+NEG = "tests/integration/test_option_negotiation.py::"
+LIVE = "tests/integration/test_liveness_and_predictability.py::"
 EIGHT = REC + "test_eight_megabytes_each_way_under_impairment"
 
 
@@ -185,8 +189,13 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         "H-06",
         "Simultaneous open",
         1,
-        (HS + "test_simultaneous_open", HS + "test_simultaneous_open_completed_by_a_plain_ack"),
-        partial="segment-level unit tests; never run with the kernel and nft",
+        (
+            HS + "test_simultaneous_open",
+            HS + "test_simultaneous_open_completed_by_a_plain_ack",
+            SIM + "test_syns_cross_and_both_sides_pass_syn_received",
+            SIM + "test_our_syn_lost_the_kernels_syn_finds_us_in_syn_sent",
+            SIM + "test_kernels_syn_lost_our_syn_finds_the_kernel_in_syn_sent",
+        ),
     ),
     Scenario("H-07", "RST in SYN-RECEIVED reached by simultaneous open", 0),
     Scenario(
@@ -251,8 +260,9 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         (
             ISN + "test_same_tuple_advances_with_the_4_microsecond_clock",
             ISN + "test_different_tuples_are_unrelated",
+            LIVE + "test_isns_of_a_thousand_four_tuples_are_unpredictable",
+            LIVE + "test_isns_of_one_four_tuple_follow_a_four_microsecond_clock",
         ),
-        partial="the generator alone; no 1,000 connects, port randomness unchecked",
     ),
     Scenario("H-16", "Zero and top-bit windows in the handshake", 1, missing="no script yet"),
     # ---------------------------------------------------------------- D
@@ -425,8 +435,12 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         "R-11",
         "Blackhole: giving up, user timeout",
         1,
-        (RTX + "test_retransmission_limit_aborts_with_timed_out",),
-        partial="a simulated peer; no R1 warning, user timeout or RST to the kernel afterwards",
+        (
+            RTX + "test_retransmission_limit_aborts_with_timed_out",
+            LIVE + "test_blackhole_warns_at_r1_aborts_at_the_user_timeout_then_resets_the_kernel",
+        ),
+        partial="with the kernel, the user timeout; R2's fifteen retransmissions with a "
+        "simulated peer only",
     ),
     Scenario(
         "R-12",
@@ -448,8 +462,8 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
             REC + "test_kernels_lost_last_ack_makes_us_resend_our_fin",
             CLOSE + "test_fin_wait_1_retransmits_fin_on_timeout",
             CLOSE + "test_last_ack_retransmits_fin_on_timeout",
+            SIM + "test_fin_is_sent_again_from_closing_with_backoff",
         ),
-        partial="one loss in FIN-WAIT-1 and in LAST-ACK; CLOSING untested",
     ),
     Scenario(
         "R-14",
@@ -528,8 +542,10 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         "W-08",
         "Window scaling not agreed",
         1,
-        (OPT + "test_options_need_both_sides",),
-        partial="a simulated peer; no kernel with tcp_window_scaling=0",
+        (
+            OPT + "test_options_need_both_sides",
+            NEG + "test_without_window_scaling_windows_stay_unscaled_and_4_mib_each_way_arrive",
+        ),
     ),
     Scenario("W-09", "A stale window update is ignored", 0),
     Scenario(
@@ -570,8 +586,8 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         (
             CLOSE + "test_simultaneous_close_through_closing",
             CLOSE + "test_pair_four_way_close_and_simultaneous_close",
+            SIM + "test_fins_cross_and_both_sides_pass_closing",
         ),
-        partial="simulated peers; never with the kernel",
     ),
     Scenario(
         "C-04",
@@ -590,8 +606,11 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         (
             KP + "test_half_close_we_stop_sending_and_keep_receiving",
             KP + "test_half_close_kernel_stops_and_we_keep_sending",
+            CK + "test_we_shut_wr_and_still_receive_ten_mebibytes",
+            CK + "test_kernel_shuts_wr_and_still_receives_ten_mebibytes",
+            CK + "test_after_shut_rd_recv_says_eof_yet_later_data_is_acked_and_read",
+            CK + "test_data_reaching_a_socket_shut_both_ways_is_reset",
         ),
-        partial="100-300 KB, not 10 MiB; SHUT_RD untested",
     ),
     Scenario(
         "C-06",
@@ -613,8 +632,8 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         (
             CLOSE + "test_abort_sends_rst_and_closes",
             "tests/unit/test_dropin.py::test_linger_zero_resets_instead_of_closing",
+            CK + "test_linger_zero_close_mid_transfer_resets_the_kernel",
         ),
-        partial="a simulated peer and a second tcpstack, not the kernel",
     ),
     Scenario("C-08", "FIN ahead of missing data", 0),
     Scenario("C-09", "FIN with an old ACK in FIN-WAIT", 1, missing="no script yet"),
@@ -649,16 +668,20 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         "C-14",
         "An orphan in FIN-WAIT-2 times out",
         1,
-        (FLOW + "test_orphan_in_fin_wait_2_times_out_quietly",),
-        partial="a simulated peer; the kernel's late write is not tried",
+        (
+            FLOW + "test_orphan_in_fin_wait_2_times_out_quietly",
+            CK + "test_an_orphan_in_fin_wait_2_times_out_and_a_late_write_is_reset",
+        ),
     ),
     Scenario("C-15", "LAST-ACK input", 0),
     Scenario(
         "C-16",
         "Close in SYN-SENT",
         1,
-        (HS + "test_close_in_syn_sent_deletes_the_tcb",),
-        partial="no RST at close(); the RST to a later SYN-ACK is not tried",
+        (
+            HS + "test_close_in_syn_sent_deletes_the_tcb",
+            CK + "test_close_in_syn_sent_sends_nothing_and_a_late_syn_ack_is_reset",
+        ),
     ),
     Scenario(
         "C-17",
@@ -673,9 +696,12 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         (
             KP + "test_engine_failure_reaches_a_blocked_call",
             ENG + "test_engine_failure_reaches_blocked_calls",
+            CK + "test_a_blocked_recv_wakes_with_reset_when_the_kernel_resets",
+            CK + "test_a_sendall_blocked_on_a_full_buffer_wakes_with_reset",
+            CK + "test_a_blocked_recv_fails_with_ebadf_when_we_close",
+            CK + "test_a_blocked_accept_fails_with_ebadf_when_the_listener_closes",
+            CK + "test_a_blocked_accept_fails_with_einval_on_shut_rd_as_on_linux",
         ),
-        partial="only an engine failure; a RST, close() or listener close under a blocked call "
-        "are not tried",
     ),
     # ---------------------------------------------------------------- A
     Scenario("A-01", "RST sequence checks in every state", 0),
@@ -756,16 +782,24 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         "A-13",
         "What an observer can predict",
         1,
-        (ISN + "test_different_tuples_are_unrelated",),
-        partial="ISS only; ports and timestamp offsets unchecked",
+        (
+            ISN + "test_different_tuples_are_unrelated",
+            LIVE + "test_ephemeral_ports_of_a_thousand_connects_are_random",
+            LIVE + "test_timestamp_offsets_hold_for_a_four_tuple_and_change_with_the_stack",
+            LIVE + "test_timestamp_offsets_differ_from_one_four_tuple_to_the_next",
+        ),
     ),
     # ---------------------------------------------------------------- O
     Scenario(
         "O-01",
         "Our MSS follows the MTU",
         1,
-        (OPT + "test_syn_offers_everything_linux_does",),
-        partial="MTU 1500 only",
+        (
+            OPT + "test_syn_offers_everything_linux_does",
+            NEG + "test_the_mss_we_announce_is_the_mtu_less_40",
+            NEG + "test_a_stack_opens_on_a_72_byte_mtu_and_announces_32",
+        ),
+        partial="the kernel's segments to us are not held to our MSS with its offloads off",
     ),
     Scenario(
         "O-02",
@@ -774,8 +808,9 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         (
             HS + "test_syn_ack_mss_option_sets_send_mss",
             EST + "test_send_segments_by_mss_and_sets_psh_on_the_last",
+            NEG + "test_the_kernels_mss_caps_every_frame_we_send",
         ),
-        partial="a simulated peer; no kernel with TCP_MAXSEG",
+        partial="SACK blocks' option bytes, and a peer MSS above our MTU less 40, are not tried",
     ),
     Scenario("O-03", "No MSS option", 0),
     Scenario("O-04", "Tiny and huge MSS values", 0),
@@ -784,8 +819,12 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
         "O-06",
         "Option negotiation matrix",
         1,
-        (OPT + "test_options_need_both_sides",),
-        partial="a few combinations with a simulated peer, not the 40 runs with the kernel",
+        (
+            OPT + "test_options_need_both_sides",
+            NEG + "test_an_option_is_used_exactly_when_both_sides_offered_it",
+            NEG + "test_sack_blocks_flow_only_when_both_offered_sack",
+        ),
+        partial="64 KiB each way without loss per combination, not 16 MiB at 1% loss",
     ),
     Scenario("O-07", "Window scale above 14", 0),
     Scenario(
@@ -921,8 +960,8 @@ SCENARIOS: Final[tuple[Scenario, ...]] = (
             REC + "test_keepalive_is_answered_and_then_finds_a_dead_peer",
             FLOW + "test_keepalive_off_sends_nothing_when_idle",
             FLOW + "test_keepalive_probes_then_times_out",
+            LIVE + "test_kernel_keepalives_are_answered_until_we_go_silent",
         ),
-        partial="the kernel's keep-alives toward us are not tried",
     ),
     Scenario(
         "L-05",
