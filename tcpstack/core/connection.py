@@ -1197,7 +1197,7 @@ class TcpConnection:
             return False
 
         window = seg.window << self.snd_wscale
-        if self._undo_bytes and self.sack_ok and seg.options.sack_blocks:
+        if self.sack_ok and seg.options.sack_blocks:
             self._count_dsack(seg)
         delivered: list[Sent] = []
         if seq.gt(ack, self.snd_una):
@@ -1351,10 +1351,12 @@ class TcpConnection:
 
     def _count_dsack(self, seg: Segment) -> None:
         """What a D-SACK reports arrived twice, so our retransmission of it was
-        needless."""
+        needless; counted in any state, and against a recovery episode's undo."""
         dsack = _dsack(seg)
-        if dsack is not None and self._undo_bytes is not None:
-            self.stats["dsacks_received"] += 1
+        if dsack is None:
+            return
+        self.stats["dsacks_received"] += 1
+        if self._undo_bytes is not None:
             self._undo_bytes = max(self._undo_bytes - seq.sub(dsack[1], dsack[0]), 0)
 
     def _undo(self) -> None:
@@ -1367,7 +1369,7 @@ class TcpConnection:
         self._reno_sacked = 0
         for record in self._rtxq.unsacked():
             if record.lost:
-                self._rtxq.retransmitted(record, record.xmit_time)
+                self._rtxq.forgive(record)
 
     def _on_new_ack(self, acked: int, now: float, tsecr: int | None, largest: int) -> None:
         """Congestion control and recovery bookkeeping for an ACK that moved SND.UNA."""
@@ -1766,6 +1768,8 @@ class TcpConnection:
             pto += _WORST_CASE_DELACK
         deadline = now + pto
         if self._rto_at is not None and deadline >= self._rto_at:
+            # The RTO comes first: no probe, and none left from an earlier flight.
+            self._tlp_at = None
             return
         self._tlp_at = deadline
 

@@ -23,13 +23,16 @@ from tcpstack.core import seq
 class Sent:
     """One transmitted segment still in flight."""
 
-    __slots__ = ("start", "end", "fin", "xmit_time", "retransmitted", "sacked", "lost")
+    __slots__ = ("start", "end", "fin", "xmit_time", "order", "retransmitted", "sacked", "lost")
 
-    def __init__(self, start: int, end: int, fin: bool, xmit_time: float) -> None:
+    def __init__(self, start: int, end: int, fin: bool, xmit_time: float, order: int) -> None:
         self.start = start
         self.end = end
         self.fin = fin
         self.xmit_time = xmit_time
+        # The count of transmissions before this one: which of two segments went
+        # last when the engine's clock gave both the same time (one batch of input).
+        self.order = order
         self.retransmitted = False
         self.sacked = False
         self.lost = False
@@ -51,7 +54,10 @@ class RetransmitQueue:
     insertion-ordered dict, so loss detection during recovery visits only the
     handful that matter instead of every segment of a large window."""
 
-    __slots__ = ("_records", "_head", "_unsacked", "sacked_bytes", "lost_bytes", "outstanding")
+    __slots__ = (
+        "_records", "_head", "_unsacked", "sacked_bytes", "lost_bytes", "outstanding",
+        "_transmissions",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self._records: list[Sent] = []
@@ -60,6 +66,7 @@ class RetransmitQueue:
         self.sacked_bytes = 0
         self.lost_bytes = 0  # deemed lost and not yet sent again
         self.outstanding = 0
+        self._transmissions = 0
 
     def __len__(self) -> int:
         return len(self._records) - self._head
@@ -84,7 +91,8 @@ class RetransmitQueue:
         return self._records[-1] if self._head < len(self._records) else None
 
     def add(self, start: int, end: int, fin: bool, now: float) -> Sent:
-        record = Sent(start, end, fin, now)
+        record = Sent(start, end, fin, now, self._transmissions)
+        self._transmissions += 1
         self._records.append(record)
         self._unsacked[id(record)] = record
         self.outstanding += record.length
@@ -122,7 +130,7 @@ class RetransmitQueue:
         two, each with the first's marks and transmission time."""
         if not (seq.lt(record.start, at) and seq.lt(at, record.end)):
             raise ValueError(f"cannot split {record!r} at {at}")
-        second = Sent(at, record.end, record.fin, record.xmit_time)
+        second = Sent(at, record.end, record.fin, record.xmit_time, record.order)
         second.retransmitted = record.retransmitted
         second.sacked = record.sacked
         second.lost = record.lost
@@ -201,6 +209,15 @@ class RetransmitQueue:
             self.lost_bytes -= record.length
         record.retransmitted = True
         record.xmit_time = now
+        record.order = self._transmissions
+        self._transmissions += 1
+
+    def forgive(self, record: Sent) -> None:
+        """A loss that was no loss (an undone recovery): the record stays as sent."""
+        if record.lost:
+            record.lost = False
+            self.lost_bytes -= record.length
+        record.retransmitted = True
 
     def _forget(self, record: Sent) -> None:
         self.outstanding -= record.length
@@ -229,10 +246,13 @@ class Rack:
     """RACK (RFC 8985 §6): the most recently sent segment known delivered, the RTT
     seen on it, and the reordering window."""
 
-    __slots__ = ("xmit_time", "end", "rtt", "min_rtt", "reo_wnd_mult", "reordering_seen", "fack")
+    __slots__ = (
+        "xmit_time", "order", "end", "rtt", "min_rtt", "reo_wnd_mult", "reordering_seen", "fack"
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.xmit_time = -1.0
+        self.order = -1
         self.end = 0
         self.rtt = 0.0
         self.min_rtt: float | None = None
@@ -255,12 +275,24 @@ class Rack:
                 continue
             if self.min_rtt is None or rtt < self.min_rtt:
                 self.min_rtt = rtt
-            if record.xmit_time > self.xmit_time or (
-                record.xmit_time == self.xmit_time and seq.gt(record.end, self.end)
-            ):
+            if self._sent_after(record, strictly=True):
                 self.xmit_time = record.xmit_time
+                self.order = record.order
                 self.end = record.end
                 self.rtt = rtt
+
+    def _sent_after(self, record: Sent, *, strictly: bool) -> bool:
+        """RACK_sent_after (§6.2): was `record` sent after the newest delivered one?
+        Equal times are ordered by transmission, not by sequence as the RFC's tie
+        break has it: one batch of input gives all it sends the same time, and a
+        retransmission sent last would otherwise count as older than new data
+        sent before it, and be deemed lost at the first SACK of that data."""
+        if record.xmit_time != self.xmit_time:
+            return record.xmit_time > self.xmit_time
+        if record.order != self.order:
+            return record.order > self.order
+        # The two halves of a split offload segment: in sequence order.
+        return seq.gt(record.end, self.end) if strictly else not seq.lt(record.end, self.end)
 
     def reorder_window(self, srtt: float | None, hurry: bool = False) -> float:
         """§6.2 step 4: none while no reordering has been seen and the sender is in
@@ -285,9 +317,7 @@ class Rack:
         for record in queue.unsacked():
             if record.lost:
                 continue
-            if record.xmit_time > self.xmit_time or (
-                record.xmit_time == self.xmit_time and not seq.lt(record.end, self.end)
-            ):
+            if self._sent_after(record, strictly=False):
                 # Sent after the newest delivered segment: not known lost. Records
                 # further on in sequence may still be older retransmissions.
                 if not record.retransmitted:

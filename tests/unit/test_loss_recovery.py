@@ -340,6 +340,24 @@ def test_retransmit_queue_tracks_pipe_through_sack_and_ack() -> None:
     assert q.outstanding == 150 and q.head is not None and q.head.start == 1250
 
 
+def test_rack_orders_what_one_batch_sent_by_transmission_not_sequence() -> None:
+    # The engine reads its clock once per batch of input, so new data and then a
+    # retransmission sent while handling that batch carry the same time. The
+    # retransmission went last: a SACK of the new data must not call it lost
+    # (a kernel test found every fast retransmission sent twice).
+    q = RetransmitQueue()
+    hole = q.add(1000, 1100, False, now=0.0)
+    q.add(1100, 1200, False, now=0.0)
+    q.mark_lost(hole)
+    new_data = q.add(1200, 1300, False, now=0.01)
+    q.retransmitted(hole, now=0.01)
+    rack = Rack()
+    rack.update(q.sack(1000, [(1100, 1300)]), now=0.02, rtt_hint=None)
+    assert new_data.sacked
+    lost, _ = rack.detect(q, now=0.05, srtt=0.01)
+    assert lost == []
+
+
 @pytest.mark.parametrize("opening", ["active", "passive"])
 def test_the_first_flight_is_ten_segments_whichever_side_opened(opening: str) -> None:
     # RFC 6928's IW10 counts data: the ACK of a SYN must not grow cwnd (a passive
@@ -382,3 +400,16 @@ def test_after_idling_longer_than_the_rto_the_sender_restarts_from_iw(
     d.now += d.conn.rtt.rto * 1.5
     d.conn.send(b"z" * (30 * MSS))
     assert len(d.flush()) == 10
+
+
+def test_a_dsack_is_counted_outside_recovery_too() -> None:
+    # The kernel reports a needless retransmission (a tail loss probe whose original
+    # had arrived) after everything is acknowledged: the count says so.
+    d, _ = active(FULL, mss=MSS, sack_permitted=True)
+    d.conn.send(b"x" * 100)
+    (data,) = d.flush()
+    end = seq.add(data.seq, 100)
+    d.push(peer(".", REMOTE_ISS + 1, end))
+    assert d.conn.recovery == "open"
+    d.push(peer(".", REMOTE_ISS + 1, end, sack=((data.seq, end),)))
+    assert d.conn.stats["dsacks_received"] == 1
