@@ -165,8 +165,9 @@ class StackConfig:
     TIME-WAIT, as Linux does past tcp_max_tw_buckets."""
 
     challenge_acks_per_second: int = 1000
-    """Challenge ACKs the whole stack sends per second (RFC 5961 §7; Linux's
-    tcp_challenge_ack_limit before 6.0 defaulted to 1000)."""
+    """Challenge ACKs the whole stack sends per second (RFC 5961 §7), a fixed count;
+    Linux's tcp_challenge_ack_limit defaulted to 1000, drawn at random around it
+    from 4.7 on, and is off by default since 6.0."""
 
     max_arp_pending: int = 256
     """Addresses being resolved at once; frames for more are dropped."""

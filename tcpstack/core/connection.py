@@ -1480,7 +1480,13 @@ class TcpConnection:
             # and, once SO_RCVBUF made the buffer smaller than that window, in the
             # buffer. (Otherwise the window-scale rounding may let a little more in
             # than the buffer's size: we offered it, so we take it.)
-            room = max(seq.sub(self._rcv_adv_edge, start), 0)
+            # Up to the furthest edge we ever offered: a truncated window may have
+            # moved the edge back by less than a scale unit since (see _make), and
+            # what the peer sent to the old edge is ours to take.
+            edge = self._rcv_adv_edge
+            if self._rcv_max_edge is not None and seq.gt(self._rcv_max_edge, edge):
+                edge = self._rcv_max_edge
+            room = max(seq.sub(edge, start), 0)
             if self._buffer_shrunk:
                 room = min(room, max(seq.sub(seq.add(self.rcv_nxt, self.rcv_wnd), start), 0))
             if len(payload) > room:
@@ -1529,13 +1535,18 @@ class TcpConnection:
             immediate
             or self.config.delayed_ack <= 0
             or self._quick_acks > 0
-            or self._unacked_bytes >= 2 * self.config.announced_mss
+            or self._unacked_bytes >= 2 * self._full_segment()
         ):
             if self._quick_acks > 0:
                 self._quick_acks -= 1
             self._ack_due = True
         elif self._delack_at is None:
             self._delack_at = now + self.config.delayed_ack
+
+    def _full_segment(self) -> int:
+        """The most data a segment from the peer can carry: our MSS less the
+        timestamps it must carry (RFC 7323 §2.2 leaves them out of the MSS)."""
+        return self.config.announced_mss - (_TS_OPTION_BYTES if self.ts_ok else 0)
 
     def _on_fin(self, seg: Segment, now: float) -> None:
         """Eighth step: the FIN is in order."""

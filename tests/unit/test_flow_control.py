@@ -262,3 +262,16 @@ def test_a_buffer_made_smaller_keeps_the_window_offered_and_takes_what_fits() ->
     d.flush()
     (ack,) = d.push(seg("P.", d.r(2049), d.l(1), data=b"b" * 2952))
     assert ack.ack == d.r(4097) and d.conn.readable == 2048
+
+
+def test_two_full_segments_carrying_timestamps_are_acked_at_once() -> None:
+    # With timestamps a full-sized segment carries MSS - 12 bytes: two of those are
+    # "every second full-sized segment" (RFC 5681 §4.2), though short of 2 * MSS.
+    config = TcpConfig(msl=1.0, delayed_ack=0.04, quick_acks=0, nagle=False)
+    d, syn = active(config, mss=1460, ts=(777_000, 5000))
+    assert d.conn.ts_ok and syn.options.mss == 1460
+    r1, ours = REMOTE_ISS + 1, ISS + 1
+    full = 1460 - 12
+    assert d.push(peer(".", r1, ours, data=b"a" * full, ts=(777_001, 5000))) == []
+    (ack,) = d.push(peer(".", r1 + full, ours, data=b"b" * full, ts=(777_002, 5000)))
+    assert ack.ack == r1 + 2 * full
