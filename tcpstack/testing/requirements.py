@@ -177,14 +177,18 @@ REQUIREMENTS: Final[tuple[Requirement, ...]] = (
             "§3.8.6",
             "Do not shrink the window we offer: its right edge never moves left.",
             "deviated",
-            "by less than one unit of the window scale, when the buffer is full: the field "
-            "is then truncated as RFC 7323 §2.4 defines it, where rounding it up on every "
-            "ACK let a peer sending less than a unit at a time keep a full buffer's window "
-            "open for ever (Linux has tcp_shrink_window for the same); never more",
+            "by less than one unit of the window scale, when the buffer has no room for "
+            "rounding the field up: it is then truncated as RFC 7323 §2.4 defines it, "
+            "where rounding it up on every ACK let a peer sending less than a unit at a "
+            "time keep a full buffer's window open for ever (Linux has tcp_shrink_window "
+            "for the same); never more, and data the peer sent up to the furthest edge we "
+            "offered is still taken",
             evidence=(
                 "tests/unit/test_window_edge.py::"
                 "test_a_full_buffer_closes_its_window_to_segments_smaller_than_the_scale_unit",
                 "tests/unit/test_window_edge.py::test_the_right_edge_we_offer_never_retreats",
+                "tests/integration/test_windows_with_the_kernel.py::"
+                "test_data_up_to_the_furthest_edge_we_offered_is_taken",
                 "tests/unit/test_invariants.py::test_i7_our_right_edge_moving_left_is_found",
                 "tests/integration/test_recovery.py::test_eight_megabytes_each_way_under_impairment",
                 "tests/integration/test_recovery.py::test_our_reader_stops_for_two_seconds",
