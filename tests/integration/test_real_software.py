@@ -174,7 +174,8 @@ def test_socat_echo_in_the_kernel_round_trips_our_bytes(endpoint: tuple[Lab, Sta
     lab, stack = endpoint
     socat = need("socat")
     port = 8005
-    argv = [socat, f"TCP-LISTEN:{port},bind={lab.peer_address},reuseaddr", "PIPE"]
+    # -b 4096: see the asyncio test below.
+    argv = [socat, "-b", "4096", f"TCP-LISTEN:{port},bind={lab.peer_address},reuseaddr", "PIPE"]
     with PeerProgram(lab, argv, listens_on=port):
         sock = stack.create_connection((lab.peer_address, port), timeout=TIMEOUT)
         echoed = in_thread(recv_all, sock)
@@ -315,7 +316,15 @@ def test_asyncio_client_and_server_with_kernel_programs(
         await writer.wait_closed()
         return digest, echoed
 
-    argv = [socat, f"TCP-LISTEN:{echo_port},bind={lab.peer_address},reuseaddr", "PIPE"]
+    # -b 4096: socat writes into its echo pipe with blocking writes of its block size
+    # (8192) once select() says the pipe is writable, which is so with 4096 bytes
+    # free; a fast sender fills the pipe and socat then blocks writing into the pipe
+    # that only it reads (seen: socat asleep in anon_pipe_write for 30 s). No write
+    # of PIPE_BUF bytes or less can block so.
+    argv = [
+        socat, "-b", "4096",
+        f"TCP-LISTEN:{echo_port},bind={lab.peer_address},reuseaddr", "PIPE",
+    ]  # fmt: skip
     with PeerProgram(lab, argv, listens_on=echo_port):
         digest, echoed = asyncio.run(asyncio.wait_for(main(), 30))
     assert digest.decode() == sha256(BLOB)
