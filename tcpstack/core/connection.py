@@ -689,9 +689,6 @@ class TcpConnection:
             self._tlp_due = True
             self._tlp_armed = False
             self.stats["tail_loss_probes"] += 1
-            if self._rto_at is not None and now >= self._rto_at:
-                # Due together: the probe goes instead, and the RTO waits one more.
-                self._rto_at = now + self.rtt.rto
         if self._rto_at is not None and now >= self._rto_at:
             self._on_retransmission_timeout(now)
 
@@ -1781,9 +1778,8 @@ class TcpConnection:
         if self._rtxq.outstanding <= self.send_mss:
             pto += _WORST_CASE_DELACK
         deadline = now + pto
-        if self._rto_at is not None and deadline > self._rto_at:
-            # RFC 8985 §7.2: never later than the RTO, which the probe then replaces.
-            deadline = self._rto_at
+        if self._rto_at is not None and deadline >= self._rto_at:
+            return
         self._tlp_at = deadline
 
     def _tail_loss_probe(

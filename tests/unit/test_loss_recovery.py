@@ -413,20 +413,3 @@ def test_a_dsack_is_counted_outside_recovery_too() -> None:
     assert d.conn.recovery == "open"
     d.push(peer(".", REMOTE_ISS + 1, end, sack=((data.seq, end),)))
     assert d.conn.stats["dsacks_received"] == 1
-
-
-def test_a_lone_segment_is_probed_at_the_rto_time_not_timed_out() -> None:
-    # RFC 8985 §7.2: with one segment in flight the PTO adds the worst-case delayed
-    # ACK and passes the RTO, so it is capped there: the probe goes instead.
-    d, _ = active(FULL, mss=MSS, sack_permitted=True, ts=(PEER_TS, 5000))
-    d.conn.send(b"warm")
-    (warm,) = d.flush()
-    assert warm.options.timestamps is not None
-    d.push(peer(".", R1, seq.add(warm.seq, 4), ts=(PEER_TS, warm.options.timestamps[0])))
-    d.conn.send(b"x" * 100)
-    (lone,) = d.flush()
-    deadline = d.conn.get_timer()
-    assert deadline is not None
-    (probe,) = d.advance(deadline)
-    assert probe.seq == lone.seq and probe.payload == lone.payload
-    assert d.conn.stats["tail_loss_probes"] == 1 and d.conn.stats["timeouts"] == 0
