@@ -372,6 +372,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
+@pytest.fixture
+def veth() -> Iterator[lab_module.Lab]:
+    """A fresh veth lab, for tests where the link kind plays no part."""
+    with lab_module.Lab("veth") as made:
+        yield made
+
+
 @pytest.fixture(params=["veth", "tap"])
 def lab(request: pytest.FixtureRequest) -> Iterator[lab_module.Lab]:
     """A fresh lab of each link kind: every test that takes it runs on veth and on TAP."""

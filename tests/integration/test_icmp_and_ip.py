@@ -12,7 +12,6 @@ import errno
 import ipaddress
 import json
 import socket
-from collections.abc import Iterator
 
 import pytest
 
@@ -36,12 +35,6 @@ def reject(lab: Lab, port: int, kind: str) -> None:
         f"table ip {TABLE} {{\n chain input {{ type filter hook input priority 0; "
         f"policy accept;\n  tcp dport {port} reject with icmp type {kind}\n }}\n}}\n"
     )
-
-
-@pytest.fixture
-def veth() -> Iterator[Lab]:
-    with Lab("veth") as made:
-        yield made
 
 
 def test_a_port_unreachable_refuses_connect_at_once(lab: Lab, stack: Stack) -> None:

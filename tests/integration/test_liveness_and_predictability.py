@@ -20,7 +20,6 @@ import errno
 import socket
 import statistics
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -42,12 +41,6 @@ from tests.integration.kernel import (
 )
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture
-def veth() -> Iterator[Lab]:
-    with Lab("veth") as made:
-        yield made
 
 
 # -- L-04: the kernel's keep-alives toward us ------------------------------------------

@@ -47,12 +47,6 @@ PER_MSS = TcpConfig(msl=MSL, tso_max=0)
 NO_SACK = TcpConfig(msl=MSL, tso_max=0, sack=False)
 
 
-@pytest.fixture
-def veth() -> Iterator[Lab]:
-    with Lab("veth") as made:
-        yield made
-
-
 @contextlib.contextmanager
 def sender(lab: Lab, config: TcpConfig) -> Iterator[tuple[Stack, Recorder]]:
     """Our endpoint with `config` and a recorder of its trace from the start; the

@@ -91,12 +91,6 @@ DISTURBED = (
 )
 
 
-@pytest.fixture
-def veth() -> Iterator[Lab]:
-    with Lab("veth") as made:
-        yield made
-
-
 @contextlib.contextmanager
 def _stack(lab: Lab, **kw: Any) -> Iterator[Stack]:
     """Our endpoint on LAB; fails if the engine hit an internal error."""

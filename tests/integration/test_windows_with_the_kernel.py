@@ -62,12 +62,6 @@ def _shortfall(condition: bool, message: str) -> None:
         raise Shortfall(message)
 
 
-@pytest.fixture
-def veth() -> Iterator[Lab]:
-    with Lab("veth") as made:
-        yield made
-
-
 @contextlib.contextmanager
 def _endpoint(lab: Lab, config: TcpConfig | None = None) -> Iterator[Stack]:
     """Our endpoint in LAB; fails if the engine hit an internal error."""
