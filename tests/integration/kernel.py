@@ -8,15 +8,17 @@ in threads whose results the test collects with a deadline.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from tcpstack import TcpConfig
 from tcpstack.lab import Lab
 from tcpstack.stack import Socket, Stack
+from tcpstack.trace import Recorder
 
 T = TypeVar("T")
 TIMEOUT = 10.0
@@ -87,3 +89,18 @@ def connect(stack: Stack, lab: Lab, port: int = PORT) -> tuple[Socket, socket.so
     server.close()
     peer.settimeout(TIMEOUT)
     return s, peer
+
+
+@contextlib.contextmanager
+def recorded_stack(lab: Lab, config: TcpConfig | None = None) -> Iterator[tuple[Stack, Recorder]]:
+    """Our endpoint (open_stack) and a recorder of its trace from the start; fails
+    if the engine hit an internal error."""
+    stack = open_stack(lab, config=config or TcpConfig(msl=MSL))
+    recorder = Recorder()
+    stack.subscribe(recorder)
+    try:
+        yield stack, recorder
+    finally:
+        stats = stack.stats()
+        stack.close()
+    assert stats.get("internal_errors", 0) == 0

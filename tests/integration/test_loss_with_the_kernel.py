@@ -14,11 +14,9 @@ The link makes no difference to any of this, so these run on veth only.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -33,7 +31,7 @@ from tests.integration.kernel import (
     TIMEOUT,
     connect,
     in_thread,
-    open_stack,
+    recorded_stack,
     sha256,
     wait_until,
 )
@@ -45,21 +43,6 @@ TS_OPTION = 12
 INITIAL_WINDOW = 10  # segments (RFC 6928), as our congestion control starts
 PER_MSS = TcpConfig(msl=MSL, tso_max=0)
 NO_SACK = TcpConfig(msl=MSL, tso_max=0, sack=False)
-
-
-@contextlib.contextmanager
-def sender(lab: Lab, config: TcpConfig) -> Iterator[tuple[Stack, Recorder]]:
-    """Our endpoint with `config` and a recorder of its trace from the start; the
-    test fails if the engine hit an internal error."""
-    stack = open_stack(lab, config=config)
-    recorder = Recorder()
-    stack.subscribe(recorder)
-    try:
-        yield stack, recorder
-    finally:
-        stats = stack.stats()
-        stack.close()
-    assert stats.get("internal_errors", 0) == 0
 
 
 def segment_size(s: Socket) -> int:
@@ -170,7 +153,7 @@ def lose_the_twentieth(stack: Stack, recorder: Recorder, lab: Lab) -> tuple[Segm
 def test_one_lost_segment_is_repaired_by_the_kernels_sacks(veth: Lab) -> None:
     """R-03 with SACK: the 20th segment of a transfer is lost; the kernel's SACKs
     make us resend it, and nothing else, without a timeout."""
-    with sender(veth, PER_MSS) as (stack, recorder):
+    with recorded_stack(veth, PER_MSS) as (stack, recorder):
         lost, _ = lose_the_twentieth(stack, recorder, veth)
         stats = stack.stats()
 
@@ -194,7 +177,7 @@ def test_one_lost_segment_is_repaired_by_the_kernels_sacks(veth: Lab) -> None:
 @pytest.mark.trace_allows("I-3")  # the lost segment leaves a gap (see above)
 def test_one_lost_segment_is_resent_only_once(veth: Lab) -> None:
     """R-03 with SACK: the hole is resent once, and the kernel never receives it twice."""
-    with sender(veth, PER_MSS) as (stack, recorder):
+    with recorded_stack(veth, PER_MSS) as (stack, recorder):
         lost, duplicates = lose_the_twentieth(stack, recorder, veth)
 
     repairs = [e for e in retransmits(recorder, probes=True) if e.seq == lost.segment.seq]
@@ -207,7 +190,7 @@ def test_one_lost_segment_is_resent_on_the_third_duplicate_ack(veth: Lab) -> Non
     """R-03 without SACK: the kernel's third duplicate ACK has the 20th segment resent,
     and ssthresh (cwnd, with Reno) becomes max(FlightSize / 2, 2 SMSS)."""
     config = TcpConfig(msl=MSL, tso_max=0, sack=False, congestion="reno")
-    with sender(veth, config) as (stack, recorder):
+    with recorded_stack(veth, config) as (stack, recorder):
         s, peer = connect(stack, veth)
         size = segment_size(s)
         hook = lose(stack, 19 * size)
@@ -259,7 +242,7 @@ def test_three_losses_in_one_window_are_repaired_in_one_episode(
 ) -> None:
     """R-04: segments 30, 33 and 36 are lost; one recovery episode resends those and
     nothing else, without a timeout: from SACK blocks, or from NewReno's partial ACKs."""
-    with sender(veth, config) as (stack, recorder):
+    with recorded_stack(veth, config) as (stack, recorder):
         s, peer = connect(stack, veth)
         size = segment_size(s)
         hooks = [lose(stack, (n - 1) * size) for n in SEVERAL]
@@ -300,7 +283,7 @@ def test_three_losses_in_one_window_are_repaired_in_one_episode(
 def test_lost_tail_of_a_write_is_repaired_by_a_probe_before_the_rto(veth: Lab) -> None:
     """R-05: a write of one initial window, its last segment lost, and nothing more
     to send: a tail loss probe resends it and the RTO never fires."""
-    with sender(veth, PER_MSS) as (stack, recorder):
+    with recorded_stack(veth, PER_MSS) as (stack, recorder):
         s, peer = connect(stack, veth)
         size = segment_size(s)
         data = os.urandom(INITIAL_WINDOW * size)
@@ -329,7 +312,7 @@ def test_lost_fast_retransmission_is_found_by_rack(veth: Lab) -> None:
     """R-06 with SACK: the 20th segment and its fast retransmission are both lost;
     RACK finds the retransmission lost from the SACKs that follow it, and resends it
     again without waiting for the RTO."""
-    with sender(veth, PER_MSS) as (stack, recorder):
+    with recorded_stack(veth, PER_MSS) as (stack, recorder):
         s, peer = connect(stack, veth)
         size = segment_size(s)
         hook = lose(stack, 19 * size, times=2)
@@ -356,7 +339,7 @@ def test_lost_fast_retransmission_is_found_by_rack(veth: Lab) -> None:
 def test_lost_timeout_retransmission_is_resent_after_the_doubled_rto(veth: Lab) -> None:
     """R-06 by the timer: without SACK a lost tail brings no duplicate ACK, so the RTO
     resends it; that is lost too, and the next goes after twice the timeout."""
-    with sender(veth, NO_SACK) as (stack, recorder):
+    with recorded_stack(veth, NO_SACK) as (stack, recorder):
         s, peer = connect(stack, veth)
         size = segment_size(s)
         data = os.urandom(INITIAL_WINDOW * size)
@@ -394,7 +377,7 @@ def test_blackout_backs_off_and_karn_keeps_the_rto_until_a_fresh_sample(veth: La
     (Karn: without timestamps it times nothing), and it collapses only once new data
     is acknowledged."""
     config = TcpConfig(msl=MSL, tso_max=0, timestamps=False)
-    with sender(veth, config) as (stack, recorder):
+    with recorded_stack(veth, config) as (stack, recorder):
         s, peer = connect(stack, veth)
         size = segment_size(s)
         before, during, after = (os.urandom(256 << 10) for _ in range(3))
@@ -464,7 +447,7 @@ def test_after_idling_longer_than_the_rto_the_window_restarts(veth: Lab) -> None
     """R-12: after a transfer has grown cwnd far past the initial window, the
     connection idles for more than an RTO; the next write goes out in a first flight
     of no more than the initial window (RFC 5681 §4.1)."""
-    with sender(veth, PER_MSS) as (stack, recorder):
+    with recorded_stack(veth, PER_MSS) as (stack, recorder):
         s, peer = connect(stack, veth)
         size = segment_size(s)
         with s, peer:

@@ -12,7 +12,6 @@ of its scenario, and says why in its reason.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
@@ -29,7 +28,7 @@ from tcpstack.core.segment import Flags
 from tcpstack.hooks import DELAY, Hook, HookContext
 from tcpstack.lab import Lab
 from tcpstack.stack import Socket, Stack, recv_exactly
-from tcpstack.trace import Recorder, SegmentEvent, TimerEvent, TraceEvent
+from tcpstack.trace import SegmentEvent, TimerEvent, TraceEvent
 from tests.integration.kernel import (
     MSL,
     PORT,
@@ -37,7 +36,7 @@ from tests.integration.kernel import (
     connect,
     in_thread,
     kernel_server,
-    open_stack,
+    recorded_stack,
     recv_all,
     sha256,
     wait_until,
@@ -60,21 +59,6 @@ class Shortfall(AssertionError):
 def _shortfall(condition: bool, message: str) -> None:
     if not condition:
         raise Shortfall(message)
-
-
-@contextlib.contextmanager
-def _endpoint(lab: Lab, config: TcpConfig | None = None) -> Iterator[tuple[Stack, Recorder]]:
-    """Our endpoint in LAB and a recorder of its trace; fails if the engine hit an
-    internal error."""
-    stack = open_stack(lab, config=config or TcpConfig(msl=MSL))
-    recorder = Recorder()
-    stack.subscribe(recorder)
-    try:
-        yield stack, recorder
-    finally:
-        stats = stack.stats()
-        stack.close()
-    assert stats.get("internal_errors", 0) == 0
 
 
 def _segments_on_the_wire(lab: Lab) -> None:
@@ -195,7 +179,7 @@ def test_our_zero_window_answers_the_kernels_probes_and_opens_at_the_threshold(
     WIN=0>; reading opens the window only once the free space reaches the threshold."""
     config = TcpConfig(msl=MSL, receive_buffer=SMALL_BUFFER)
     data = os.urandom(256 << 10)
-    with _endpoint(veth, config) as (stack, recorder):
+    with recorded_stack(veth, config) as (stack, recorder):
         s, peer = connect(stack, veth)
         conn = s.connection
         assert conn is not None
@@ -332,7 +316,7 @@ def test_we_probe_the_kernels_zero_window_ever_more_slowly(veth: Lab) -> None:
     """W-03: against a shut window we send nothing but probes, ever further apart,
     each answered; when the kernel reads the transfer completes."""
     data = os.urandom(256 << 10)
-    with _endpoint(veth) as (stack, recorder):
+    with recorded_stack(veth) as (stack, recorder):
         s, peer = _connect_small_kernel_buffer(stack, veth)
         conn = s.connection
         assert conn is not None
@@ -422,7 +406,7 @@ def _slow_read(lab: Lab, config: TcpConfig) -> SlowRead:
     """The kernel sends SLOW_SIZE bytes to a reader that takes SLOW_READ at a time."""
     _segments_on_the_wire(lab)
     data = os.urandom(SLOW_SIZE)
-    with _endpoint(lab, config) as (stack, recorder):
+    with recorded_stack(lab, config) as (stack, recorder):
         s, peer = connect(stack, lab)
         conn = s.connection
         assert conn is not None
@@ -516,7 +500,7 @@ def test_windows_are_scaled_by_each_sides_shift(veth: Lab) -> None:
     byte of ours goes past SND.UNA + SND.WND; at rest both kernels' views agree."""
     _peer_sysctl(veth, "net.ipv4.tcp_rmem", KERNEL_RMEM)
     up, down = os.urandom(BOTH_WAYS), os.urandom(BOTH_WAYS)
-    with _endpoint(veth) as (stack, recorder):
+    with recorded_stack(veth) as (stack, recorder):
         s, peer = connect(stack, veth)
         conn = s.connection
         assert conn is not None
@@ -647,7 +631,7 @@ def test_data_up_to_the_furthest_edge_we_offered_is_taken(veth: Lab) -> None:
     taken, even after a later window was rounded down."""
     config = TcpConfig(msl=MSL, receive_buffer=SMALL_BUFFER)
     data = os.urandom(1 << 20)
-    with _endpoint(veth, config) as (stack, recorder):
+    with recorded_stack(veth, config) as (stack, recorder):
         s, peer = connect(stack, veth)
         conn = s.connection
         assert conn is not None
@@ -681,7 +665,7 @@ def test_we_ack_at_least_every_second_full_sized_segment(veth: Lab) -> None:
     ACK of the two before it."""
     _segments_on_the_wire(veth)
     data = os.urandom(STREAM)
-    with _endpoint(veth) as (stack, recorder):
+    with recorded_stack(veth) as (stack, recorder):
         s, peer = connect(stack, veth)
         conn = s.connection
         assert conn is not None
@@ -721,7 +705,7 @@ def test_a_lone_segment_is_acked_after_the_delayed_ack_timeout(veth: Lab) -> Non
     no sooner than its timeout."""
     _segments_on_the_wire(veth)
     burst = os.urandom(64 << 10)
-    with _endpoint(veth) as (stack, recorder):
+    with recorded_stack(veth) as (stack, recorder):
         s, peer = connect(stack, veth)
         conn = s.connection
         assert conn is not None
@@ -774,7 +758,7 @@ def test_responses_carry_the_ack_of_their_request(veth: Lab) -> None:
     start is not held back. Linux leaves that mode early once it sees request and
     response alternate (its pingpong mode); we do not, and that is right for us too:
     it costs only those first pure ACKs."""
-    with _endpoint(veth) as (stack, recorder):
+    with recorded_stack(veth) as (stack, recorder):
         s, peer = connect(stack, veth)
         conn = s.connection
         assert conn is not None
